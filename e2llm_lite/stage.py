@@ -1,0 +1,210 @@
+"""``Stage(start, end)``: a contiguous slice of the model's decoder layers that runs on its own.
+
+A stage is what one emulated device holds. It owns
+
+* decoder layers ``[start, end)`` (built with their *absolute* ``layer_idx``),
+* the token embedding if it is the first stage (``start == 0``),
+* the final RMSNorm and the lm_head (its own copy of the tied embedding) if it is the last,
+* one KV cache per request id, each with its own position counter.
+
+``forward`` takes token ids ``[1, T]`` (first stage) or hidden states ``[1, T, 576]`` and returns
+hidden states, or logits ``[1, 1, vocab]`` for the last position on the last stage. Chaining stages
+``[0, a) [a, b) ... [z, 30)`` gives exactly the full model's last-position logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model import Anatomy, checkpoint_dir, load_config, _read_shard
+
+
+@dataclass
+class _RequestKV:
+    cache: object  # transformers DynamicCache with slots for every layer; only [start, end) used
+    pos: int = 0   # tokens already in the cache (the next token's position)
+
+
+class Stage(nn.Module):
+    """Decoder layers ``[start, end)`` of SmolLM2 with per-request KV caches. Units: bytes, tokens."""
+
+    def __init__(self, config, start: int, end: int):
+        super().__init__()
+        from transformers.models.llama.modeling_llama import (LlamaDecoderLayer, LlamaRMSNorm,
+                                                              LlamaRotaryEmbedding)
+
+        self.anatomy = Anatomy.from_config(config)
+        self.anatomy.check_slice(start, end)
+        self.config, self.start, self.end = config, start, end
+        self.first, self.last = start == 0, end == self.anatomy.n_layers
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)  # buffers only: build off the meta device
+        with torch.device("meta"):  # no RAM until the real weights are assigned
+            self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(start, end))
+            self.embed_tokens = (nn.Embedding(config.vocab_size, config.hidden_size)
+                                 if self.first else None)
+            self.norm = (LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+                         if self.last else None)
+            self.lm_head = (nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+                            if self.last else None)
+        self._kv: dict[int, _RequestKV] = {}
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, start: int, end: int, folder: Path | None = None) -> "Stage":
+        """Build the stage and read only its own shards from the converted checkpoint."""
+        folder = Path(folder) if folder else checkpoint_dir()
+        config = load_config(folder)
+        stage = cls(config, start, end)
+        sd = {}
+        for i in range(start, end):
+            for k, v in _read_shard(folder / f"layer_{i:02d}.safetensors").items():
+                sd[f"layers.{i - start}.{k}"] = v
+        if stage.first or stage.last:
+            embed = _read_shard(folder / "embed.safetensors")["weight"]
+            if stage.first:
+                sd["embed_tokens.weight"] = embed
+            if stage.last:
+                sd["lm_head.weight"] = embed.clone() if stage.first else embed
+                sd["norm.weight"] = _read_shard(folder / "norm.safetensors")["weight"]
+        missing, unexpected = stage.load_state_dict(sd, strict=False, assign=True)
+        if unexpected or any(not k.startswith("rotary_emb") for k in missing):
+            raise RuntimeError(f"checkpoint does not match the stage: missing={missing}, "
+                               f"unexpected={unexpected}")
+        return stage.eval()
+
+    # ---- sizes ---------------------------------------------------------------------------------
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the parameters this stage holds (counted from the loaded tensors)."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    def kv_bytes(self, request_id: int | None = None) -> int:
+        """Bytes of KV cache held for one request, or for all requests if ``request_id`` is None."""
+        items = self._kv.values() if request_id is None else [self._kv[request_id]]
+        total = 0
+        for r in items:
+            for layer in r.cache.layers[self.start:self.end]:
+                if layer.is_initialized and layer.keys is not None:
+                    total += layer.keys.numel() * layer.keys.element_size()
+                    total += layer.values.numel() * layer.values.element_size()
+        return total
+
+    def position(self, request_id: int = 0) -> int:
+        """Tokens already cached for a request (0 if it has none)."""
+        r = self._kv.get(request_id)
+        return r.pos if r else 0
+
+    @property
+    def requests(self) -> list[int]:
+        return list(self._kv)
+
+    # ---- KV life cycle -------------------------------------------------------------------------
+    def _request(self, request_id: int) -> _RequestKV:
+        from transformers import DynamicCache
+
+        if request_id not in self._kv:
+            self._kv[request_id] = _RequestKV(DynamicCache(config=self.config))
+        return self._kv[request_id]
+
+    def free(self, request_id: int | None = None) -> None:
+        """Drop one request's KV cache (or all of them)."""
+        if request_id is None:
+            self._kv.clear()
+        else:
+            self._kv.pop(request_id, None)
+
+    def export_kv(self, request_id: int) -> tuple[np.ndarray, int]:
+        """A request's KV as one float32 array ``[layers, 2, kv_heads, tokens, head_dim]`` + pos."""
+        r = self._kv.get(request_id)
+        if r is None:
+            raise KeyError(f"stage [{self.start},{self.end}) holds no KV for request {request_id}")
+        layers = r.cache.layers[self.start:self.end]
+        kv = torch.stack([torch.stack([l.keys[0], l.values[0]]) for l in layers])
+        return kv.numpy(), r.pos
+
+    def import_kv(self, request_id: int, kv: np.ndarray, pos: int) -> None:
+        """Install a request's KV exported by a stage over the same layers (any other split)."""
+        a = self.anatomy
+        want = (self.end - self.start, 2, a.n_kv_heads, pos, a.head_dim)
+        if tuple(kv.shape) != want:
+            raise ValueError(f"KV of shape {tuple(kv.shape)} does not fit stage "
+                             f"[{self.start},{self.end}) at {pos} tokens: expected {want}")
+        self.free(request_id)
+        r = self._request(request_id)
+        t = torch.as_tensor(kv)
+        for j, layer in enumerate(r.cache.layers[self.start:self.end]):
+            layer.update(t[j, 0].unsqueeze(0).contiguous(), t[j, 1].unsqueeze(0).contiguous())
+        r.pos = pos
+
+    # ---- compute -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, request_id: int = 0, all_logits: bool = False) -> torch.Tensor:
+        """Run the slice on ``x`` for one request, appending to its KV cache.
+
+        x: token ids ``[1, T]`` (int64) on the first stage, hidden states ``[1, T, 576]`` otherwise.
+        Returns hidden states ``[1, T, 576]``, or on the last stage logits ``[1, 1, vocab]`` for
+        the last position (``[1, T, vocab]`` with ``all_logits=True``).
+        """
+        from transformers.masking_utils import create_causal_mask
+
+        if self.first:
+            if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"the first stage takes token ids [1, T], got {tuple(x.shape)} {x.dtype}")
+            h = self.embed_tokens(x)
+        else:
+            if x.dim() != 3 or x.shape[-1] != self.anatomy.hidden:
+                raise ValueError(f"stage [{self.start},{self.end}) takes hidden states "
+                                 f"[1, T, {self.anatomy.hidden}], got {tuple(x.shape)}")
+            h = x
+        r = self._request(request_id)
+        T = h.shape[1]
+        if r.pos + T > self.anatomy.max_positions:
+            raise ValueError(f"request {request_id} would reach {r.pos + T} tokens, more than the "
+                             f"model's context of {self.anatomy.max_positions}")
+        pid = torch.arange(r.pos, r.pos + T).unsqueeze(0)
+        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=None,
+                                  cache=r.cache, position_ids=pid, layer_idx=self.start)
+        pe = self.rotary_emb(h, position_ids=pid)
+        for layer in self.layers:
+            h = layer(h, attention_mask=mask, position_ids=pid, cache=r.cache, use_cache=True,
+                      position_embeddings=pe)
+        r.pos += T
+        if self.last:
+            return self.lm_head(self.norm(h if all_logits else h[:, -1:]))
+        return h
+
+    def extra_repr(self) -> str:
+        return f"layers=[{self.start}, {self.end}), first={self.first}, last={self.last}"
+
+
+def even_split(n_stages: int, n_layers: int = 30) -> list[tuple[int, int]]:
+    """``n_stages`` contiguous ranges covering ``n_layers`` layers, sizes differing by at most 1."""
+    if not isinstance(n_stages, int) or not 1 <= n_stages <= n_layers:
+        raise ValueError(f"number of stages must be an integer in 1..{n_layers}, got {n_stages!r}")
+    bounds = [round(i * n_layers / n_stages) for i in range(n_stages + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def check_split(ranges: list[tuple[int, int]], n_layers: int = 30) -> None:
+    """Raise ``ValueError`` unless ``ranges`` are contiguous, non-empty and cover 0..n_layers."""
+    if not ranges:
+        raise ValueError("a split needs at least one layer range")
+    expect = 0
+    for a, b in ranges:
+        if a != expect or b <= a:
+            raise ValueError(f"layer ranges {ranges} must be contiguous and non-empty, starting at 0")
+        expect = b
+    if expect != n_layers:
+        raise ValueError(f"layer ranges {ranges} end at {expect}, not at {n_layers}")
+
+
+def load_stages(ranges: list[tuple[int, int]], folder: Path | None = None) -> list[Stage]:
+    """Load one in-process ``Stage`` per range (a single-process pipeline)."""
+    folder = folder or checkpoint_dir()
+    check_split(ranges, Anatomy.from_config(load_config(folder)).n_layers)
+    return [Stage.load(a, b, folder) for a, b in ranges]
