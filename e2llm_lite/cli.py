@@ -36,7 +36,21 @@ def _ranges(args) -> list[tuple[int, int]]:
     return even_split(args.slices)
 
 
+def _load_cluster(args):
+    from .devices import Cluster, default_cluster, list_presets, preset
+
+    if args.cluster and args.devices:
+        raise ValueError("give either --cluster or --devices, not both")
+    if args.devices is not None:
+        return default_cluster(args.devices)
+    if args.cluster in list_presets():
+        return preset(args.cluster)
+    return Cluster.load(args.cluster)
+
+
 def cmd_generate(args) -> dict:
+    if args.cluster or args.devices is not None:
+        return _generate_emulated(args)
     from .generation import generate_text
 
     ranges = _ranges(args)
@@ -50,6 +64,71 @@ def cmd_generate(args) -> dict:
         print(f"[{len(gen.tokens)} tokens through {len(ranges)} in-process stage(s) {ranges}; "
               f"prefill {gen.prefill_ms:.0f} ms, {gen.ms_per_token:.1f} ms/token]", file=sys.stderr)
     return out
+
+
+def _generate_emulated(args) -> dict:
+    from .model import chat_ids, checkpoint_dir, load_tokenizer
+    from .runtime.driver import EmulatedCluster
+    from .stage import check_split, even_split
+
+    cluster = _load_cluster(args)
+    ranges = args.split or even_split(len(cluster))
+    check_split(ranges)
+    if len(ranges) > len(cluster):
+        raise ValueError(f"{len(ranges)} layer ranges but the cluster has only {len(cluster)} devices")
+    folder = checkpoint_dir(progress=False)
+    tok = load_tokenizer(folder)
+    ids = chat_ids(tok, args.prompt)
+    stages = [(d.name, a, b) for d, (a, b) in zip(cluster.devices, ranges)]
+    with EmulatedCluster(cluster, dilation=args.dilation) as rt:
+        pipe = rt.pipeline(stages)
+        gen = pipe.generate(ids, args.max_new_tokens, [tok.eos_token_id], free=False)
+        report = rt.report()
+        timeline = rt.timeline()
+    text = tok.decode(gen.tokens, skip_special_tokens=True)
+    prefill = [r for r in timeline if r["phase"] == "prefill"]
+    first_token_ms = (max(r["end_ms"] for r in prefill) if prefill else 0.0)
+    end_ms = max(r["end_ms"] + r["link_ms"] for r in timeline)
+    decode_steps = max(1, len(gen.tokens) - 1)
+    overruns = sum(d["overruns"] for d in report.values())
+    out = {"prompt": args.prompt, "text": text, "tokens": gen.tokens,
+           "prompt_tokens": len(ids), "stop_reason": gen.stop_reason, "cluster": cluster.name,
+           "dilation": rt.dilation, "stages": [list(s) for s in stages],
+           "device_time_ms": {"first_token": round(first_token_ms, 2), "total": round(end_ms, 2),
+                              "per_token": round((end_ms - first_token_ms) / decode_steps, 2)},
+           "wall_ms_per_token": round(gen.ms_per_token, 2), "overruns": overruns,
+           "faithful": overruns == 0,
+           "devices": {n: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()}
+                       for n, d in report.items() if d["layers"]}}
+    if not args.json:
+        print(text)
+        print(f"[{len(gen.tokens)} tokens through {len(stages)} emulated devices of {cluster.name!r} "
+              f"(clock dilated {rt.dilation:g}x); device time: first token {first_token_ms:.0f} ms, "
+              f"{out['device_time_ms']['per_token']:.1f} ms/token; overruns: {overruns}]",
+              file=sys.stderr)
+        for n, d in out["devices"].items():
+            print(f"  {n:>14s} layers {d['layers']}: prefill {d['prefill_ms']:.0f} ms, decode "
+                  f"{d['decode_ms']:.0f} ms, links {d['link_ms']:.1f} ms, peak {d['peak_mib']:.0f}/"
+                  f"{d['budget_mib']:.0f} MiB", file=sys.stderr)
+    return out
+
+
+def cmd_worker(args) -> dict:
+    """One device process of a multi-host run (rendezvous through the usual torch env vars)."""
+    import os
+
+    from .runtime.worker import run_worker
+
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        port = int(os.environ.get("MASTER_PORT", "29500"))
+    except KeyError as e:
+        raise ValueError(f"e2llm-lite worker needs the environment variable {e.args[0]} "
+                         "(and MASTER_ADDR, MASTER_PORT)") from None
+    if not 1 <= rank < world:
+        raise ValueError(f"RANK must be in 1..WORLD_SIZE-1 (rank 0 is the driver), got {rank}")
+    run_worker(rank, world, os.environ.get("MASTER_ADDR", "127.0.0.1"), port, local=False)
+    return {}
 
 
 def cmd_demo(args) -> dict:
@@ -86,6 +165,48 @@ def cmd_demo(args) -> dict:
             "stages": [list(r) for r in ranges]}
 
 
+def cmd_profile(args) -> dict:
+    """Measure this host (one thread) and fit the cost model; or --show an existing profile."""
+    import time
+
+    from .costmodel import CostModel
+    from .profiling import FULL_GRID, QUICK_GRID, profile, save_profile
+
+    say = (lambda *a: None) if args.json else print
+    if args.show is not None:
+        cm = CostModel.load(args.show or None)
+        out = {"profile": cm.source, "host": cm.host,
+               "fit": {op: list(c) for op, c in cm.coef.items()},
+               "holdout_error": cm.errors("holdout")}
+    else:
+        grid = QUICK_GRID if args.quick else FULL_GRID
+        t0 = time.perf_counter()
+        say(f"profiling this host with one thread ({grid.name} grid, "
+            f"{len(grid.points())} points) ...")
+        d = profile(grid, progress=None if not args.json else False)
+        path = save_profile(d, args.out)
+        cm = CostModel.load(path)  # what the planner will read back
+        out = {"profile": str(path), "seconds": round(time.perf_counter() - t0, 1),
+               "grid": grid.name, "host": cm.host,
+               "fit": {op: list(c) for op, c in cm.coef.items()},
+               "holdout_error": cm.errors("holdout")}
+    say(f"profile: {out['profile']}  (host: {cm.host.get('cpu', '?')}, {cm.host.get('date', '?')}"
+        + (f"; measured in {out['seconds']} s" if "seconds" in out else "") + ")")
+    say(cm.describe())
+    for op, e in out["holdout_error"].items():
+        say(f"held-out error {op:14s} median {100 * e['median']:5.1f} %  "
+            f"P90 {100 * e['p90']:5.1f} %  ({e['n']} points)")
+    try:
+        ref = CostModel.load()
+    except E2LLMError:  # no reference shipped (e.g. while generating it)
+        ref = cm
+    say(f"examples: prefill 512 tokens = {cm.layer_ms('prefill', tokens=512):.1f} ms/layer "
+        f"(reference profile {ref.layer_ms('prefill', tokens=512):.1f}); decode batch 1, "
+        f"context 512 = {cm.layer_ms('decode', batch=1, context=512):.2f} ms/layer "
+        f"(reference {ref.layer_ms('decode', batch=1, context=512):.2f})")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="e2llm-lite", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -105,7 +226,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--slices", type=int, default=1, help="even in-process slices (default 1)")
     g.add_argument("--split", type=_parse_split, help="layer boundaries, e.g. 0,7,20,30")
+    g.add_argument("--cluster", help="run on emulated devices: a cluster.json or a preset name "
+                   "(home4, mixed8, edge16); layers split evenly unless --split")
+    g.add_argument("--devices", type=int, help="run on N emulated default devices (speed 1.0)")
+    g.add_argument("--dilation", type=float, default=None,
+                   help="clock dilation factor (default: automatic from the fastest device)")
     g.set_defaults(func=cmd_generate)
+
+    w = sub.add_parser("worker", help="start one device worker of a multi-host run "
+                       "(env: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)")
+    w.set_defaults(func=cmd_worker, json=False)
+
+    pr = common(sub.add_parser("profile", help="measure per-layer times on this host and fit the "
+                                                 "cost model"))
+    pr.add_argument("--quick", action="store_true", help="a small grid (well under 2 minutes)")
+    pr.add_argument("--out", default="profile.json", help="where to write the profile "
+                                                          "(default: profile.json)")
+    pr.add_argument("--show", nargs="?", const="", metavar="FILE",
+                    help="do not measure: validate and summarise a profile FILE (default: the "
+                         "shipped reference profile)")
+    pr.set_defaults(func=cmd_profile)
     return p
 
 

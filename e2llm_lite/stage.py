@@ -118,28 +118,56 @@ class Stage(nn.Module):
         else:
             self._kv.pop(request_id, None)
 
-    def export_kv(self, request_id: int) -> tuple[np.ndarray, int]:
-        """A request's KV as one float32 array ``[layers, 2, kv_heads, tokens, head_dim]`` + pos."""
+    def export_kv(self, request_id: int, start: int | None = None,
+                  end: int | None = None) -> tuple[np.ndarray, int]:
+        """A request's KV for layers [start, end) (default: all of this stage's) and its position.
+
+        Returns one float32 array ``[layers, 2, kv_heads, tokens, head_dim]`` (2 = key, value)
+        and the number of tokens cached.
+        """
         r = self._kv.get(request_id)
         if r is None:
             raise KeyError(f"stage [{self.start},{self.end}) holds no KV for request {request_id}")
-        layers = r.cache.layers[self.start:self.end]
+        start, end = self._subrange(start, end)
+        layers = r.cache.layers[start:end]
+        if not all(l.is_initialized for l in layers):
+            raise ValueError(f"request {request_id} has no KV yet for all of layers [{start},{end})")
         kv = torch.stack([torch.stack([l.keys[0], l.values[0]]) for l in layers])
         return kv.numpy(), r.pos
 
-    def import_kv(self, request_id: int, kv: np.ndarray, pos: int) -> None:
-        """Install a request's KV exported by a stage over the same layers (any other split)."""
+    def import_kv(self, request_id: int, kv: np.ndarray, pos: int, start: int | None = None) -> None:
+        """Install a request's KV for layers [start, start + len(kv)) (default: this whole stage).
+
+        The KV may come from a stage with any other split (the PREFILL -> DECODER hand-off); a
+        stage whose layers come from several senders imports each piece separately, all at the
+        same ``pos``.
+        """
         a = self.anatomy
-        want = (self.end - self.start, 2, a.n_kv_heads, pos, a.head_dim)
+        start = self.start if start is None else start
+        n = kv.shape[0] if kv.ndim == 5 else -1
+        start, end = self._subrange(start, start + max(n, 1))
+        want = (end - start, 2, a.n_kv_heads, pos, a.head_dim)
         if tuple(kv.shape) != want:
-            raise ValueError(f"KV of shape {tuple(kv.shape)} does not fit stage "
-                             f"[{self.start},{self.end}) at {pos} tokens: expected {want}")
-        self.free(request_id)
+            raise ValueError(f"KV of shape {tuple(kv.shape)} does not fit layers [{start},{end}) "
+                             f"of stage [{self.start},{self.end}) at {pos} tokens: expected {want}")
+        r = self._kv.get(request_id)
+        if r is not None and r.pos != pos:
+            raise ValueError(f"request {request_id} is at position {r.pos} here, the imported KV "
+                             f"at {pos}")
         r = self._request(request_id)
         t = torch.as_tensor(kv)
-        for j, layer in enumerate(r.cache.layers[self.start:self.end]):
+        for j, layer in enumerate(r.cache.layers[start:end]):
+            layer.keys = layer.values = None
+            layer.is_initialized = False
             layer.update(t[j, 0].unsqueeze(0).contiguous(), t[j, 1].unsqueeze(0).contiguous())
         r.pos = pos
+
+    def _subrange(self, start: int | None, end: int | None) -> tuple[int, int]:
+        start = self.start if start is None else start
+        end = self.end if end is None else end
+        if not self.start <= start < end <= self.end:
+            raise ValueError(f"layers [{start},{end}) are not inside stage [{self.start},{self.end})")
+        return start, end
 
     # ---- compute -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -162,6 +190,9 @@ class Stage(nn.Module):
                                  f"[1, T, {self.anatomy.hidden}], got {tuple(x.shape)}")
             h = x
         r = self._request(request_id)
+        if r.pos and not all(l.is_initialized for l in r.cache.layers[self.start:self.end]):
+            raise ValueError(f"request {request_id} has KV for only some layers of stage "
+                             f"[{self.start},{self.end}): import the rest before running it")
         T = h.shape[1]
         if r.pos + T > self.anatomy.max_positions:
             raise ValueError(f"request {request_id} would reach {r.pos + T} tokens, more than the "

@@ -88,14 +88,24 @@ def test_kv_moves_between_different_splits_and_decoding_continues(folder, haiku_
     logits = stages_forward(prefill, 3)(haiku_ids)
     kv = np.concatenate([s.export_kv(3)[0] for s in prefill])   # [30, 2, 3, T, 64]
     assert kv.nbytes == len(haiku_ids) * 30 * 1536
-    for s in decode:
-        s.import_kv(3, kv[s.start:s.end], len(haiku_ids))
+    for d in decode:              # each layer's KV goes to the device that holds it in the new split
+        for p in prefill:
+            a, b = max(d.start, p.start), min(d.end, p.end)
+            if a < b:
+                piece, pos = p.export_kv(3, a, b)
+                d.import_kv(3, piece, pos, start=a)
+    with pytest.raises(ValueError, match="only some layers"):
+        half = load_stages([(0, 30)], folder)[0]
+        half.import_kv(5, kv[:10], len(haiku_ids))
+        half(torch.tensor([[1]]), request_id=5)
     tokens, fwd = [int(logits[0, -1].argmax())], stages_forward(decode, 3)
     while len(tokens) < 20:
         tokens.append(int(fwd([tokens[-1]])[0, -1].argmax()))
     assert tokens == reference_tokens
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="not inside"):
         decode[0].import_kv(4, kv[0:5], len(haiku_ids))
+    with pytest.raises(ValueError, match="does not fit"):
+        decode[0].import_kv(4, kv[0:4, :, :, :3], len(haiku_ids))
 
 
 def test_even_split_and_context_limit(folder, tokenizer):

@@ -1,0 +1,381 @@
+"""The driver: starts one worker process per device, places layer slices, runs pipelines.
+
+``EmulatedCluster(cluster)`` is rank 0 of a gloo group whose ranks 1..N are the cluster's
+devices (device ``i`` is rank ``i + 1``). On one machine it spawns the workers itself on loopback;
+with ``spawn=False`` it waits for N workers started elsewhere with ``e2llm-lite worker``
+(MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE). Use it as a context manager: every worker is
+stopped on success, on error and on Ctrl-C, and a worker that dies is reported within about a
+second instead of being waited on.
+
+The driver stands next to each pipeline's first device: handing it the prompt costs nothing, and
+the last stage's token travels back over the link from the last device to the first.
+
+Times: every duration the driver reports is **device time** in ms (wall time / dilation).
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..devices import Cluster, DeviceSpec
+from ..errors import DeviceOOM, E2LLMError, WorkerDied
+from ..generation import Generation, greedy_decode
+from ..model import ANATOMY
+from .protocol import ErrorKind, Op, Receiver, make_group, send, text_payload
+from .throttle import auto_dilation
+from .worker import STATS_COLS, TRACE_COLS
+
+MIB = 2 ** 20
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float) -> None:
+    try:
+        proc.wait(timeout=max(0.05, timeout_s))
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class StagePlacement:
+    """Layers [start, end) on the device named ``device``."""
+
+    device: str
+    start: int
+    end: int
+
+
+class EmulatedCluster:
+    """Worker processes emulating ``cluster``'s devices, driven from this process.
+
+    dilation: the clock-stretch factor (>= 1); None picks ``auto_dilation`` for the fastest device
+        at ``concurrency`` simultaneously computing workers on ``host_cores`` cores.
+    timeout_s: the longest the driver waits for any single reply.
+    """
+
+    def __init__(self, cluster: Cluster, dilation: float | None = None, concurrency: int = 1,
+                 host_cores: int = 2, timeout_s: float = 120.0, addr: str = "127.0.0.1",
+                 port: int | None = None, spawn: bool = True):
+        self.cluster = cluster
+        fastest = max(max(d.prefill_speed, d.decode_speed) for d in cluster.devices)
+        self.dilation = (auto_dilation(fastest, concurrency, host_cores) if dilation is None
+                         else float(dilation))
+        if not self.dilation >= 1.0:
+            raise ValueError(f"dilation must be >= 1, got {dilation}")
+        self.timeout_s = timeout_s
+        self.addr, self.port, self.spawn = addr, port or free_port(), spawn
+        self.world = len(cluster) + 1
+        self.procs: list = []
+        self.pg = self.store = self.receiver = None
+        self.placements: dict[str, StagePlacement] = {}
+        self.bytes_sent = 0
+        self._stopped = False
+
+    # ---- life cycle ----------------------------------------------------------------------------
+    def rank(self, device: str) -> int:
+        return self.cluster.names.index(self.cluster.device(device).name) + 1
+
+    def start(self) -> "EmulatedCluster":
+        if self.spawn:  # a fresh interpreter per device: works from scripts, notebooks and tests
+            for r in range(1, self.world):
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "e2llm_lite.runtime.worker", "--rank", str(r),
+                     "--world", str(self.world), "--addr", self.addr, "--port", str(self.port),
+                     "--local"], stdin=subprocess.DEVNULL))
+        _live.add(self)
+        try:
+            self.store, self.pg = make_group(0, self.world, self.addr, self.port,
+                                             max(self.timeout_s, 30.0))
+            self.store.set("e2llm/driver", "1")
+            self.receiver = Receiver(self.pg)
+            for dev in self.cluster.devices:
+                r = self.rank(dev.name)
+                self._send(r, Op.SETUP, a=int(round(self.dilation * 1e6)), payload=text_payload(dev.name))
+                links = np.zeros((self.world, 2))
+                for other in self.cluster.devices:
+                    link = self.cluster.link(dev.name, other.name)
+                    bw = link.bandwidth_mbps if np.isfinite(link.bandwidth_mbps) else 0.0
+                    links[self.rank(other.name)] = (bw, link.latency_ms)
+                self._send(r, Op.LINKS, payload=torch.from_numpy(links))
+            self._acks(Op.SETUP, len(self.cluster) * 2)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> "EmulatedCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop every worker: a STOP message, then terminate, then kill. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _live.discard(self)
+        if self.pg is not None:
+            for r in range(1, self.world):
+                try:
+                    self._send(r, Op.STOP)
+                except Exception:
+                    pass
+        deadline = time.monotonic() + timeout_s
+        for p in self.procs:
+            _wait(p, deadline - time.monotonic())
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                _wait(p, 1.0)
+            if p.poll() is None:
+                p.kill()
+                _wait(p, 1.0)
+        if self.pg is not None:
+            try:
+                self.pg.shutdown()
+            except Exception:
+                pass
+        self.pg = None
+
+    # ---- messaging -----------------------------------------------------------------------------
+    def _send(self, rank: int, op: Op, **kw) -> None:
+        if self.pg is None:
+            raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
+        try:
+            self.bytes_sent += send(self.pg, rank, op, 0, **kw)
+        except RuntimeError as e:  # gloo: connection closed by peer
+            self._check_alive()
+            name = self.cluster.devices[rank - 1].name
+            raise WorkerDied(f"cannot reach the worker of device {name!r} (rank {rank}): "
+                             f"{str(e).splitlines()[0][:160]}") from None
+
+    def _check_alive(self) -> None:
+        for r, p in enumerate(self.procs, start=1):
+            if p.poll() is not None:
+                name = self.cluster.devices[r - 1].name
+                raise WorkerDied(f"the worker of device {name!r} (rank {r}) died "
+                                 f"(exit code {p.returncode})")
+
+    def _next(self, timeout_s: float | None = None, raise_errors: bool = True):
+        """The next message from any worker; raises on worker errors, deaths and timeouts."""
+        if self._stopped or self.receiver is None:
+            raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while True:
+            try:
+                msg = self.receiver.get(timeout=0.25)
+                break
+            except queue.Empty:
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise WorkerDied(f"no reply from the workers within {timeout_s or self.timeout_s:.0f} s")
+            except ConnectionError as e:
+                self._check_alive()
+                raise WorkerDied(f"lost the connection to a worker: {e}") from None
+        if msg.op == Op.ERROR and raise_errors:
+            self._raise(msg)
+        return msg
+
+    def _raise(self, msg) -> None:
+        time.sleep(0.05)
+        self._check_alive()  # a worker's error is often the echo of another worker's death
+        name = self.cluster.devices[msg.src - 1].name
+        if msg.a == ErrorKind.DEVICE_OOM:
+            raise DeviceOOM(msg.text)
+        if msg.a == ErrorKind.VALUE:
+            raise ValueError(f"device {name!r}: {msg.text}")
+        raise E2LLMError(f"device {name!r} failed: {msg.text}")
+
+    def _acks(self, op: Op, n: int) -> list:
+        """Collect ``n`` replies (all of them, so none is left queued), then raise the first
+        error in rank order, if any."""
+        got = [self._next(raise_errors=False) for _ in range(n)]
+        errors = sorted((m for m in got if m.op == Op.ERROR), key=lambda m: m.src)
+        if errors:
+            self._raise(errors[0])
+        for m in got:
+            if m.op != Op.ACK:
+                raise E2LLMError(f"unexpected {m.op.name} from rank {m.src} while waiting for acks")
+        return got
+
+    # ---- placing and running -------------------------------------------------------------------
+    def pipeline(self, stages, name: str = "pipeline") -> "Pipeline":
+        """Load a replica: ``stages`` = [(device, start, end), ...] in pipeline order."""
+        from ..stage import check_split
+
+        stages = [StagePlacement(*s) if not isinstance(s, StagePlacement) else s for s in stages]
+        check_split([(s.start, s.end) for s in stages])
+        names = [self.cluster.device(s.device).name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a device may hold only one stage of a pipeline: {names}")
+        busy = [n for n in names if n in self.placements]
+        if busy:
+            raise ValueError(f"devices {busy} already hold layers of another pipeline")
+        ranks = [self.rank(n) for n in names]
+        for i, s in enumerate(stages):
+            dev = self.cluster.device(s.device)
+            nxt = ranks[i + 1] if i + 1 < len(ranks) else 0
+            spec = torch.tensor([dev.prefill_speed, dev.decode_speed, dev.memory_mib * MIB],
+                                dtype=torch.float64)
+            self._send(ranks[i], Op.LOAD, a=s.start, b=s.end, c=nxt, d=ranks[0], payload=spec)
+        self._acks(Op.LOAD, len(stages))  # a refused LOAD leaves that worker without a stage
+        for n, s in zip(names, stages):
+            self.placements[n] = s
+        return Pipeline(self, stages, ranks, name)
+
+    def free(self, request: int | None = None, reset_stats: bool = False) -> None:
+        """Free a request's KV on every device (all requests if None)."""
+        for r in range(1, self.world):
+            self._send(r, Op.FREE, request=-1 if request is None else request, a=int(reset_stats))
+        self._acks(Op.FREE, self.world - 1)
+
+    def move_kv(self, request: int, src: "Pipeline", dst: "Pipeline", free_src: bool = True) -> int:
+        """Hand a request's KV cache from ``src``'s devices to ``dst``'s, layer by layer.
+
+        Each layer's KV goes to the device that holds that layer in ``dst`` (whose split may
+        differ); returns the bytes moved.
+        """
+        moved = pieces = 0
+        for s_rank, s in zip(src.ranks, src.stages):
+            for d_rank, d in zip(dst.ranks, dst.stages):
+                a, b = max(s.start, d.start), min(s.end, d.end)
+                if a < b:
+                    self._send(s_rank, Op.KV_SEND, request=request, a=a, b=b, c=d_rank)
+                    pieces += 1
+        for msg in self._acks(Op.KV_PUT, pieces):
+            moved += (msg.c - msg.b) * msg.d * ANATOMY.kv_bytes_per_token_layer
+        if free_src:
+            for r in src.ranks:
+                self._send(r, Op.FREE, request=request)
+            self._acks(Op.FREE, len(src.ranks))
+        return moved
+
+    def stats(self) -> dict[str, dict]:
+        """Per-device counters: compute (CPU s), sleep (s), steps, overruns, bytes, memory."""
+        ranks = list(range(1, self.world))
+        for r in ranks:
+            self._send(r, Op.STATS)
+        out = {}
+        for msg in self._acks(Op.STATS, len(ranks)):
+            name = self.cluster.devices[msg.src - 1].name
+            out[name] = dict(zip(STATS_COLS, msg.payload.tolist()))
+        return {n: out[n] for n in self.cluster.names}
+
+    def report(self) -> dict[str, dict]:
+        """Per-device summary in device time: busy ms per phase, link ms, overruns, memory MiB."""
+        stats, rows = self.stats(), self.timeline()
+        out = {}
+        for name, st in stats.items():
+            mine = [r for r in rows if r["device"] == name]
+            by_phase = {ph: sum(r["target_ms"] for r in mine if r["phase"] == ph)
+                        for ph in ("prefill", "decode")}
+            out[name] = {"layers": ([self.placements[name].start, self.placements[name].end]
+                                    if name in self.placements else None),
+                         "steps": int(st["steps"]), "prefill_ms": by_phase["prefill"],
+                         "decode_ms": by_phase["decode"],
+                         "link_ms": sum(r["link_ms"] for r in mine),
+                         "host_cpu_ms": st["compute_s"] * 1e3, "overruns": int(st["overruns"]),
+                         "peak_mib": st["peak_bytes"] / MIB,
+                         "budget_mib": self.cluster.device(name).memory_mib,
+                         "bytes_sent": int(st["bytes_sent"])}
+        return out
+
+    def timeline(self) -> list[dict]:
+        """Every timed step on every device, in device ms from the earliest step.
+
+        Each row: device, request, phase, tokens, start_ms, end_ms (device time), cpu_ms (host
+        compute), target_ms (device time), overrun, link_ms (device time of the outgoing link).
+        """
+        for r in range(1, self.world):
+            self._send(r, Op.TRACE)
+        rows = []
+        for msg in self._acks(Op.TRACE, self.world - 1):
+            name = self.cluster.devices[msg.src - 1].name
+            for row in msg.payload.tolist():
+                rows.append({"device": name, **dict(zip(TRACE_COLS, row))})
+        if not rows:
+            return []
+        t0 = min(r["start"] for r in rows)
+        D = self.dilation
+        out = []
+        for r in sorted(rows, key=lambda r: r["start"]):
+            out.append({"device": r["device"], "request": int(r["request"]),
+                        "phase": ("prefill", "decode")[int(r["phase"])], "tokens": int(r["tokens"]),
+                        "start_ms": (r["start"] - t0) * 1e3 / D, "end_ms": (r["end"] - t0) * 1e3 / D,
+                        "cpu_ms": r["cpu_s"] * 1e3, "target_ms": r["target_s"] * 1e3 / D,
+                        "overrun": bool(r["overrun"]), "link_ms": r["link_s"] * 1e3})
+        return out
+
+
+class Pipeline:
+    """A replica: devices holding contiguous layer ranges in order, with KV kept on the devices."""
+
+    def __init__(self, runtime: EmulatedCluster, stages: list[StagePlacement], ranks: list[int],
+                 name: str):
+        self.runtime, self.stages, self.ranks, self.name = runtime, stages, ranks, name
+
+    @property
+    def devices(self) -> list[str]:
+        return [s.device for s in self.stages]
+
+    def release(self) -> None:
+        """Forget this placement: its devices may then hold another pipeline's layers."""
+        for d in self.devices:
+            self.runtime.placements.pop(d, None)
+
+    def forward(self, ids: list[int], request: int = 0, phase: str = "prefill") -> torch.Tensor:
+        """Run token ids through every stage; returns the last position's logits ``[1, 1, vocab]``."""
+        if phase not in ("prefill", "decode"):
+            raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
+        rt = self.runtime
+        rt._send(self.ranks[0], Op.FWD, request=request, a=len(ids), d=int(phase == "decode"),
+                 payload=torch.tensor([ids], dtype=torch.int64))
+        msg = rt._next()
+        if msg.op != Op.RESULT or msg.request != request:
+            raise E2LLMError(f"unexpected {msg.op.name} for request {msg.request} from rank {msg.src}")
+        return msg.payload.reshape(1, 1, -1)
+
+    def generate(self, prompt_ids, max_new_tokens: int, stop_ids=(), request: int = 0,
+                 free: bool = True) -> Generation:
+        """Greedy generation through the pipeline (prefill at prefill speed, then decode)."""
+        calls = [0]
+
+        def forward(ids):
+            phase = "prefill" if calls[0] == 0 else "decode"
+            calls[0] += 1
+            return self.forward(ids, request, phase)
+
+        try:
+            return greedy_decode(forward, prompt_ids, max_new_tokens, stop_ids)
+        finally:
+            if free and not self.runtime._stopped:
+                try:
+                    self.runtime.free(request)
+                except E2LLMError:
+                    pass
+
+
+# Every running cluster is stopped at interpreter exit, whatever happened before.
+_live: "weakref.WeakSet[EmulatedCluster]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for rt in list(_live):
+        rt.stop(timeout_s=1.0)

@@ -1,0 +1,159 @@
+"""Wire format between the driver (rank 0) and device workers (ranks 1..N) over gloo.
+
+Every message is a fixed-layout int64 **header** of ``HEADER_LEN`` numbers, optionally followed
+by one **payload** tensor whose dtype and shape the header states. Nothing is pickled: a worker
+only ever receives plain numbers and arrays, so it is safe to listen on a network.
+
+Header fields (int64): ``op, src, request, a, b, c, d, dtype, ndim, shape[0..5]``. The meaning
+of ``a..d`` depends on the op (see the ``Op`` docs). Text (error messages) travels as a uint8
+payload.
+
+Point-to-point gloo work on the CPU completes only inside ``wait()``, and ``wait(timeout)``
+breaks the connection when it expires, so a receiver blocks in ``wait()`` on a background thread
+and hands messages to a ``queue.Queue``, on which every reader waits with a timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+HEADER_LEN = 16
+MAX_DIMS = 7
+TAG = 0
+
+_DTYPES = {0: None, 1: torch.int64, 2: torch.float32, 3: torch.uint8, 4: torch.float64}
+_CODES = {v: k for k, v in _DTYPES.items() if v is not None}
+
+
+class Op(enum.IntEnum):
+    """Message kinds. ``a, b, c, d`` are the op's integer arguments."""
+
+    SETUP = 1      # driver->worker  a=dilation in micro-units (1e-6); payload uint8 device name
+    LOAD = 2       # driver->worker  a=start b=end c=next rank (0: driver) d=home rank; payload float64 spec
+    FWD = 3        # ->worker        a=tokens d=phase (0 prefill, 1 decode); payload ids [1,T] or hidden [1,T,576]
+    RESULT = 4     # last->driver    a=argmax token; payload float32 logits [vocab]
+    KV_SEND = 5    # driver->worker  a=start b=end c=destination rank: export and send that KV
+    KV_PUT = 6     # worker->worker  a=start b=end c=pos; payload float32 KV [layers,2,heads,T,64]
+    FREE = 7       # driver->worker  free the request's KV (request -1: all)
+    STATS = 8      # driver->worker; the reply carries float64 stats
+    TRACE = 9      # driver->worker; the reply carries float64 [steps, TRACE_COLS]
+    STOP = 10      # driver->worker: exit
+    ACK = 11       # worker->driver  a=op acknowledged; payload per op (may be empty)
+    ERROR = 12     # worker->driver  a=error kind (ErrorKind); payload uint8 utf-8 message
+    LINKS = 13     # driver->worker  payload float64 [world, 2]: (Mbit/s, ms) from this worker to each rank
+
+
+class ErrorKind(enum.IntEnum):
+    OTHER = 0
+    DEVICE_OOM = 1
+    VALUE = 2
+
+
+@dataclass
+class Message:
+    op: Op
+    src: int
+    request: int = 0
+    a: int = 0
+    b: int = 0
+    c: int = 0
+    d: int = 0
+    payload: torch.Tensor | None = None
+
+    @property
+    def text(self) -> str:
+        return bytes(self.payload.numpy()).decode("utf-8", "replace") if self.payload is not None else ""
+
+
+def make_group(rank: int, world: int, addr: str, port: int, timeout_s: float):
+    """Join the gloo group through a TCPStore that rank 0 hosts; returns (store, process group)."""
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout, wait_for_workers=False)
+    return store, dist.ProcessGroupGloo(store, rank, world, timeout)
+
+
+def send(pg, dst: int, op: Op, src: int, request: int = 0, a: int = 0, b: int = 0, c: int = 0,
+         d: int = 0, payload=None) -> int:
+    """Send one message; returns the bytes put on the wire (header + payload)."""
+    header = torch.zeros(HEADER_LEN, dtype=torch.int64)
+    header[:7] = torch.tensor([int(op), src, request, a, b, c, d])
+    tensor = None
+    if payload is not None:
+        tensor = torch.as_tensor(np.ascontiguousarray(payload) if isinstance(payload, np.ndarray)
+                                 else payload).contiguous()
+        if tensor.dim() > MAX_DIMS:
+            raise ValueError(f"payload has {tensor.dim()} dims, at most {MAX_DIMS} travel")
+        header[7] = _CODES[tensor.dtype]
+        header[8] = tensor.dim()
+        header[9:9 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+    pg.send([header], dst, TAG).wait()
+    nbytes = header.numel() * 8
+    if tensor is not None:
+        pg.send([tensor], dst, TAG).wait()
+        nbytes += tensor.numel() * tensor.element_size()
+    return nbytes
+
+
+def text_payload(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(text.encode("utf-8")) or bytearray(b" "), dtype=torch.uint8)
+
+
+def payload_bytes(msg: Message) -> int:
+    p = msg.payload
+    return HEADER_LEN * 8 + (p.numel() * p.element_size() if p is not None else 0)
+
+
+class Receiver:
+    """Receives messages from any rank on a daemon thread and queues them.
+
+    ``get(timeout)`` returns the next ``Message`` or raises ``queue.Empty``. If the connection
+    breaks (a peer died), the thread stores the exception and ``get`` re-raises it.
+    """
+
+    def __init__(self, pg):
+        self.pg = pg
+        self.queue: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="e2llm-receiver", daemon=True)
+        self.thread.start()
+
+    def _recv(self, src: int | None, tensor: torch.Tensor) -> int:
+        work = (self.pg.recv_anysource([tensor], TAG) if src is None
+                else self.pg.recv([tensor], src, TAG))
+        work.wait()
+        return src if src is not None else int(tensor[1]) if tensor.dtype == torch.int64 else -1
+
+    def _run(self) -> None:
+        try:
+            while True:
+                header = torch.zeros(HEADER_LEN, dtype=torch.int64)
+                self._recv(None, header)
+                h = header.tolist()
+                payload = None
+                dtype = _DTYPES.get(h[7])
+                if dtype is not None:
+                    payload = torch.empty(h[9:9 + h[8]], dtype=dtype)
+                    self._recv(h[1], payload)
+                msg = Message(Op(h[0]), *h[1:7], payload=payload)
+                self.queue.put(msg)
+                if msg.op == Op.STOP:
+                    return
+        except BaseException as e:  # connection closed, process group shut down
+            self.error = e
+            self.queue.put(None)
+
+    def get(self, timeout: float) -> Message:
+        msg = self.queue.get(timeout=timeout)
+        if msg is None:
+            self.queue.put(None)  # keep reporting the failure to later readers
+            raise ConnectionError(f"connection lost: {self.error}")
+        return msg

@@ -1,0 +1,86 @@
+"""Making a host process run at an emulated device's speed, on a dilated clock.
+
+A worker measures the CPU time its one thread spent on a step (``time.thread_time()``, which
+stays right when other workers compete for the host's cores) and then sleeps until
+
+    target wall time = dilation * compute / speed(phase)
+
+has passed since the step began. ``compute / speed`` is the step's time on the device (ms of
+*device time*); ``dilation`` (>= 1) stretches every device's clock by the same factor, so that the
+fastest device's steps still take longer than the host needs for them. Reported times are device
+times: wall time / dilation.
+
+A step whose real elapsed time already exceeds its target is an **overrun**: the emulation could
+not slow it down to the device's speed because the host was too slow (or too busy). Every run
+reports overruns; a run with overruns is not faithful.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+OVERRUN_TOLERANCE = 0.05    # an overrun is real elapsed > target * (1 + 5 %) + OVERRUN_SLACK_S
+OVERRUN_SLACK_S = 0.0005
+
+
+def auto_dilation(max_speed: float, concurrency: int = 1, cores: int = 2,
+                  margin: float = 1.5) -> float:
+    """The cluster-wide dilation factor for a run.
+
+    With ``concurrency`` workers computing at once on ``cores`` host cores, each worker's wall time
+    is about ``max(1, concurrency / cores)`` times its CPU time; the fastest device (``max_speed``
+    relative to one host thread) must still be slower than that, with a safety ``margin``:
+    ``dilation = max(1, max_speed * max(1, concurrency / cores) * margin)``.
+    """
+    if not max_speed > 0 or not concurrency >= 1 or not cores >= 1 or not margin >= 1:
+        raise ValueError("auto_dilation needs max_speed > 0, concurrency >= 1, cores >= 1, margin >= 1")
+    return max(1.0, max_speed * max(1.0, concurrency / cores) * margin)
+
+
+@dataclass
+class Throttle:
+    """Stretches each step to ``dilation * cpu_time / speed``; counts sleep, compute and overruns."""
+
+    dilation: float = 1.0
+    compute_s: float = 0.0   # CPU seconds of real compute (host thread)
+    sleep_s: float = 0.0     # wall seconds slept to reach targets
+    steps: int = 0
+    overruns: int = 0
+    last: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.dilation >= 1.0:
+            raise ValueError(f"dilation must be >= 1, got {self.dilation}")
+
+    def run(self, fn, speed: float):
+        """Call ``fn()`` and stretch it to the device's speed; returns ``fn``'s result.
+
+        ``self.last`` then holds the step's ``start``/``end`` (wall, ``time.monotonic``),
+        ``cpu_s``, ``target_s`` and ``overrun``.
+        """
+        if not speed > 0:
+            raise ValueError(f"device speed must be > 0, got {speed}")
+        w0, c0 = time.monotonic(), time.thread_time()
+        out = fn()
+        cpu = time.thread_time() - c0
+        target = self.dilation * cpu / speed
+        self.wait_until(w0 + target)
+        end = time.monotonic()
+        overrun = (end - w0) > target * (1 + OVERRUN_TOLERANCE) + OVERRUN_SLACK_S
+        self.compute_s += cpu
+        self.steps += 1
+        self.overruns += overrun
+        self.last = {"start": w0, "end": end, "cpu_s": cpu, "target_s": target, "overrun": overrun}
+        return out
+
+    def delay(self, seconds_device: float) -> None:
+        """Sleep ``dilation * seconds_device`` of wall time (a link's delay, in device seconds)."""
+        if seconds_device > 0:
+            self.wait_until(time.monotonic() + self.dilation * seconds_device)
+
+    def wait_until(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+            self.sleep_s += remaining

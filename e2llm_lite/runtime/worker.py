@@ -1,0 +1,241 @@
+"""One emulated device: a process with one torch thread, one layer slice and its KV caches.
+
+The worker joins the gloo group as rank ``r`` (the driver is rank 0) and serves messages until
+``STOP``: it loads its slice (refusing one that does not fit its budget before reading any
+weight), runs forward steps at its device's speed for the step's phase, forwards hidden states
+to the next stage over an emulated link, and exports / imports per-request KV caches. Any error
+in a step is reported to the driver as an ``ERROR`` message; the worker keeps serving.
+
+It stops by itself when the driver goes away: a locally spawned worker dies with its parent
+(``PR_SET_PDEATHSIG``), and every worker checks once a second that the driver's TCPStore still
+answers.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ..errors import DeviceOOM
+from .memory import MemoryAccount
+from .protocol import ErrorKind, Message, Op, Receiver, make_group, send, text_payload
+from .throttle import Throttle
+
+PHASES = ("prefill", "decode")
+TRACE_COLS = ("request", "phase", "tokens", "start", "end", "cpu_s", "target_s", "overrun",
+              "link_s")
+STATS_COLS = ("compute_s", "sleep_s", "steps", "overruns", "bytes_sent", "bytes_received",
+              "peak_bytes", "weight_bytes", "kv_bytes", "kv_bytes_real", "link_s", "dilation",
+              "weights_loaded")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent exits (no orphans after a crash)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Worker:
+    """The state of one device worker. Times in seconds; sizes in bytes."""
+
+    def __init__(self, rank: int, world: int, addr: str, port: int, timeout_s: float):
+        self.rank, self.world = rank, world
+        self.store, self.pg = make_group(rank, world, addr, port, timeout_s)
+        self.receiver = Receiver(self.pg)
+        self.name = f"rank{rank}"
+        self.throttle = Throttle()
+        self.links = np.zeros((world, 2))      # (Mbit/s, ms) to each rank; 0 Mbit/s = free
+        self.stage = None
+        self.account: MemoryAccount | None = None
+        self.speeds = (1.0, 1.0)               # prefill, decode (relative to one host thread)
+        self.next_rank = 0
+        self.home_rank = 0
+        self.trace: list[list[float]] = []
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.link_s = 0.0
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def send(self, dst: int, op: Op, **kw) -> None:
+        self.bytes_sent += send(self.pg, dst, op, self.rank, **kw)
+
+    def reply_error(self, request: int, exc: BaseException) -> None:
+        kind = (ErrorKind.DEVICE_OOM if isinstance(exc, DeviceOOM)
+                else ErrorKind.VALUE if isinstance(exc, (ValueError, KeyError)) else ErrorKind.OTHER)
+        text = str(exc) if isinstance(exc, (DeviceOOM, ValueError)) else f"{type(exc).__name__}: {exc}"
+        self.send(0, Op.ERROR, request=request, a=int(kind), payload=text_payload(text))
+
+    def link_delay(self, dst: int, nbytes: int) -> float:
+        """Sleep the emulated link's delay to ``dst`` for ``nbytes``; returns device seconds."""
+        bw, lat = self.links[dst]
+        if dst == self.rank or (bw <= 0 and lat <= 0):
+            return 0.0
+        seconds = lat / 1e3 + (nbytes * 8 / (bw * 1e6) if bw > 0 else 0.0)
+        self.throttle.delay(seconds)
+        self.link_s += seconds
+        return seconds
+
+    def serve(self) -> None:
+        while True:
+            try:
+                msg = self.receiver.get(timeout=1.0)
+            except queue.Empty:
+                self.store.check(["e2llm/driver"])  # raises if the driver (store host) is gone
+                continue
+            if msg.payload is not None:
+                self.bytes_received += msg.payload.numel() * msg.payload.element_size()
+            if msg.op == Op.STOP:
+                return
+            try:
+                getattr(self, f"on_{msg.op.name.lower()}")(msg)
+            except Exception as e:  # report, keep serving
+                self.reply_error(msg.request, e)
+
+    # ---- handlers ------------------------------------------------------------------------------
+    def on_setup(self, m: Message) -> None:
+        self.name = m.text
+        self.throttle = Throttle(dilation=m.a / 1e6)
+        self.send(0, Op.ACK, a=int(Op.SETUP))
+
+    def on_links(self, m: Message) -> None:
+        self.links = m.payload.numpy().reshape(self.world, 2).copy()
+        self.send(0, Op.ACK, a=int(Op.LINKS))
+
+    def on_load(self, m: Message) -> None:
+        from ..stage import Stage
+
+        prefill_speed, decode_speed, budget = m.payload.tolist()
+        account = MemoryAccount(self.name, int(budget), m.a, m.b)
+        account.check_weights()                     # refuse before reading a single weight
+        self.stage = None
+        self.stage = Stage.load(m.a, m.b)
+        self.account, self.speeds = account, (prefill_speed, decode_speed)
+        self.next_rank, self.home_rank = m.c, m.d
+        self._warm_up()
+        self.send(0, Op.ACK, a=int(Op.LOAD), b=self.stage.weight_bytes)
+
+    def _warm_up(self) -> None:
+        """One prefill and two decode steps on a scratch request, so timed steps start warm."""
+        x = (torch.tensor([list(range(100, 116))]) if self.stage.first
+             else torch.zeros(1, 16, self.stage.anatomy.hidden))
+        self.stage(x, request_id=-1)
+        for _ in range(2):
+            self.stage(x[:, :1], request_id=-1)
+        self.stage.free(-1)
+
+    def on_fwd(self, m: Message) -> None:
+        if self.stage is None:
+            raise ValueError(f"device {self.name!r} has no layers loaded")
+        phase = PHASES[m.d]
+        tokens = m.a
+        self.account.reserve(m.request, tokens)
+        x = m.payload
+        try:
+            out = self.throttle.run(lambda: self.stage(x, request_id=m.request),
+                                    self.speeds[m.d])
+        except BaseException:
+            self.account.kv_tokens[m.request] -= tokens
+            raise
+        last = self.throttle.last
+        if self.stage.last:
+            logits = out[0, -1]
+            link = self.link_delay(self.home_rank, 8)      # the token id travels to the first stage
+            self._record(m, phase, tokens, last, link)
+            self.send(0, Op.RESULT, request=m.request, a=int(logits.argmax()), payload=logits)
+        else:
+            h = out.contiguous()
+            link = self.link_delay(self.next_rank, h.numel() * h.element_size())
+            self._record(m, phase, tokens, last, link)
+            self.send(self.next_rank, Op.FWD, request=m.request, a=tokens, d=m.d, payload=h)
+
+    def _record(self, m: Message, phase: str, tokens: int, last: dict, link_s: float) -> None:
+        self.trace.append([m.request, PHASES.index(phase), tokens, last["start"], last["end"],
+                           last["cpu_s"], last["target_s"], float(last["overrun"]), link_s])
+
+    def on_kv_send(self, m: Message) -> None:
+        kv, pos = self.stage.export_kv(m.request, m.a, m.b)
+        self.link_delay(m.c, kv.nbytes)
+        self.send(m.c, Op.KV_PUT, request=m.request, a=m.a, b=m.b, c=pos, payload=kv)
+
+    def on_kv_put(self, m: Message) -> None:
+        if self.stage is None:
+            raise ValueError(f"device {self.name!r} has no layers loaded")
+        self.account.reserve_import(m.request, m.b - m.a, m.c)
+        self.stage.import_kv(m.request, m.payload.numpy(), m.c, start=m.a)
+        self.send(0, Op.ACK, request=m.request, a=int(Op.KV_PUT), b=m.a, c=m.b, d=m.c)
+
+    def on_free(self, m: Message) -> None:
+        rid = None if m.request == -1 else m.request
+        if self.stage is not None:
+            self.stage.free(rid)
+            self.account.free(rid)
+        if m.a:  # also forget the trace and counters (a fresh measurement)
+            self.trace.clear()
+            self.throttle = Throttle(dilation=self.throttle.dilation)
+            self.bytes_sent = self.bytes_received = 0
+            self.link_s = 0.0
+            if self.account:
+                self.account.peak_bytes = self.account.used_bytes
+        self.send(0, Op.ACK, request=m.request, a=int(Op.FREE))
+
+    def on_stats(self, m: Message) -> None:
+        t, acc = self.throttle, self.account
+        row = [t.compute_s, t.sleep_s, t.steps, t.overruns, self.bytes_sent, self.bytes_received,
+               acc.peak_bytes if acc else 0, acc.weight_bytes if acc else 0,
+               acc.kv_bytes if acc else 0, self.stage.kv_bytes() if self.stage else 0,
+               self.link_s, t.dilation, float(self.stage is not None)]
+        self.send(0, Op.ACK, a=int(Op.STATS), payload=torch.tensor(row, dtype=torch.float64))
+
+    def on_trace(self, m: Message) -> None:
+        rows = torch.tensor(self.trace, dtype=torch.float64).reshape(-1, len(TRACE_COLS))
+        self.send(0, Op.ACK, a=int(Op.TRACE), payload=rows)
+
+
+def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int = 29500,
+               timeout_s: float = 3600.0, local: bool = True) -> None:
+    """Entry point of a device process (spawned locally, or via ``e2llm-lite worker``)."""
+    if local:
+        _die_with_parent()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    worker = Worker(rank, world, addr, port, timeout_s)
+    try:
+        worker.serve()
+    except Exception as e:  # the driver vanished or the group broke: exit quietly
+        print(f"e2llm-lite worker {rank}: stopping ({type(e).__name__}: {str(e)[:120]})",
+              file=sys.stderr)
+    finally:
+        try:
+            worker.pg.shutdown() if hasattr(worker.pg, "shutdown") else None
+        except Exception:
+            pass
+        os._exit(0)  # do not wait for the receiver thread blocked in gloo
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="one emulated device worker")
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--world", type=int, required=True)
+    p.add_argument("--addr", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--local", action="store_true", help="die with the parent process")
+    a = p.parse_args(argv)
+    run_worker(a.rank, a.world, a.addr, a.port, a.timeout, a.local)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Throttle arithmetic and memory accounting, without processes."""
+
+import time
+
+import pytest
+
+from e2llm_lite.errors import DeviceOOM
+from e2llm_lite.model import ANATOMY
+from e2llm_lite.runtime.memory import MIB, MemoryAccount
+from e2llm_lite.runtime.throttle import Throttle, auto_dilation
+
+
+def busy(ms):
+    t = time.thread_time()
+    while time.thread_time() - t < ms / 1e3:
+        pass
+
+
+def test_throttle_stretches_a_step_to_dilation_times_cpu_over_speed():
+    th = Throttle(dilation=2.0)
+    th.run(lambda: busy(5), speed=0.5)
+    last = th.last
+    assert last["target_s"] == pytest.approx(2.0 * last["cpu_s"] / 0.5)
+    assert last["end"] - last["start"] >= last["target_s"]
+    assert th.sleep_s > 0 and th.steps == 1 and th.overruns == 0
+
+
+def test_a_step_slower_than_its_target_is_an_overrun():
+    th = Throttle(dilation=1.0)
+    th.run(lambda: time.sleep(0.02), speed=1.0)     # wall time but almost no CPU time
+    assert th.overruns == 1
+
+
+def test_auto_dilation_keeps_the_fastest_device_below_the_host():
+    assert auto_dilation(0.5) == 1.0
+    assert auto_dilation(12.8, concurrency=1) == pytest.approx(19.2)
+    assert auto_dilation(12.8, concurrency=4, cores=2) == pytest.approx(38.4)
+    with pytest.raises(ValueError):
+        auto_dilation(0)
+    with pytest.raises(ValueError):
+        Throttle(dilation=0.5)
+
+
+def test_memory_ledger_refuses_weights_and_kv_exactly_at_the_budget():
+    acc = MemoryAccount("pi", 136 * MIB, 10, 20)
+    assert acc.weight_bytes == 10 * ANATOMY.layer_bytes
+    acc.check_weights()                                    # 135.04 MiB fits 136
+    with pytest.raises(DeviceOOM, match="'pi'.*budget is 136.0 MiB"):
+        acc.reserve(1, 64)
+    acc = MemoryAccount("pi", 140 * MIB, 10, 20)
+    per_tok = 10 * 1536
+    room = 140 * MIB - acc.weight_bytes
+    n = 0
+    with pytest.raises(DeviceOOM):
+        while True:
+            acc.reserve(1, 1)
+            n += 1
+    assert acc.kv_bytes == n * per_tok
+    assert n * per_tok + acc.activation_bytes(1) <= room < (n + 1) * per_tok + acc.activation_bytes(1)
+    with pytest.raises(DeviceOOM, match="layers \\[0,30\\)"):
+        MemoryAccount("tiny", 500 * MIB, 0, 30).check_weights()

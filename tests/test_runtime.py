@@ -1,0 +1,183 @@
+"""Emulated devices: real worker processes, same tokens, memory refusals, deaths, multi-host."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from e2llm_lite import cli
+from e2llm_lite.devices import Cluster, default_cluster
+from e2llm_lite.errors import DeviceOOM, WorkerDied
+from e2llm_lite.runtime.driver import EmulatedCluster, free_port
+
+KINDS = ["rpi4-4gb", "rpi5-8gb", "jetson-nano-4gb", "jetson-orin-nano-8gb", "nuc-16gb", "laptop-16gb"]
+SPLITS = [
+    [(0, 30)],
+    [(0, 13), (13, 30)],
+    [(0, 4), (4, 21), (21, 30)],
+    [(0, 8), (8, 15), (15, 22), (22, 30)],
+    [(0, 1), (1, 9), (9, 10), (10, 28), (28, 30)],
+    [(0, 2), (2, 9), (9, 14), (14, 20), (20, 29), (29, 30)],
+]
+
+
+def mixed_cluster(memory_mib=2048.0, n=6):
+    """Six devices of different catalog kinds on two sites (LAN + WAN), roomy memory."""
+    devices = [{"name": f"d{i}-{k}", "kind": k, "memory_mib": memory_mib,
+                "site": "home" if i % 2 else "lab"} for i, k in enumerate(KINDS[:n])]
+    return Cluster.from_dict({
+        "format": "e2llm-lite/cluster", "version": 1, "name": "mixed-test", "devices": devices,
+        "links": {"lan": {"home": {"bandwidth_mbps": 200, "latency_ms": 1.0},
+                          "lab": {"bandwidth_mbps": 1000, "latency_ms": 0.2}},
+                  "wan": {"bandwidth_mbps": 100, "latency_ms": 2.0}}})
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    # dilation 1: devices faster than the host just run at host speed (overruns), which keeps
+    # this correctness test fast; fidelity is measured in benchmarks/emulation_fidelity.py
+    with EmulatedCluster(mixed_cluster(), dilation=1.0, timeout_s=60) as rt:
+        yield rt
+
+
+def children():
+    return [p for p in psutil.Process().children(recursive=True) if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("n", range(1, 7))
+def test_tokens_through_n_emulated_devices_equal_single_process(n, mixed, haiku_ids,
+                                                                reference_tokens, tokenizer):
+    names = mixed.cluster.names[::-1][:n]          # different kinds each time
+    pipe = mixed.pipeline([(d, a, b) for d, (a, b) in zip(names, SPLITS[n - 1])])
+    try:
+        gen = pipe.generate(haiku_ids, 20, [tokenizer.eos_token_id], request=n)
+    finally:
+        pipe.release()
+    assert gen.tokens == reference_tokens
+
+
+def test_kv_hand_off_between_replicas_with_different_splits(mixed, haiku_ids, reference_tokens):
+    names = mixed.cluster.names
+    prefill = mixed.pipeline([(names[0], 0, 17), (names[1], 17, 30)], "prefill")
+    decode = mixed.pipeline([(names[2], 0, 5), (names[3], 5, 12), (names[4], 12, 30)], "decode")
+    try:
+        logits = prefill.forward(haiku_ids, request=42, phase="prefill")
+        moved = mixed.move_kv(42, prefill, decode)
+        assert moved == len(haiku_ids) * 30 * 1536
+        tokens = [int(logits.argmax())]
+        while len(tokens) < 20:
+            tokens.append(int(decode.forward([tokens[-1]], 42, "decode").argmax()))
+        assert tokens == reference_tokens
+        stats = mixed.stats()
+        assert stats[names[0]]["kv_bytes"] == 0            # freed on the prefill side
+        kv = {n: stats[n]["kv_bytes"] for n in names[2:5]}
+        assert kv == {n: stats[n]["kv_bytes_real"] for n in names[2:5]}   # ledger == tensors
+        assert sum(kv.values()) == (len(haiku_ids) + 19) * 30 * 1536
+    finally:
+        mixed.free(42)
+        prefill.release()
+        decode.release()
+
+
+def test_slice_over_budget_is_refused_before_loading_weights():
+    cluster = mixed_cluster(memory_mib=100.0, n=2)
+    with EmulatedCluster(cluster, dilation=1.0) as rt:
+        with pytest.raises(DeviceOOM, match=r"d0-rpi4-4gb.*layers \[0,8\) need 216\.\d MiB.*budget is 100\.0 MiB"):
+            rt.pipeline([("d0-rpi4-4gb", 0, 8), ("d1-rpi5-8gb", 8, 30)])
+        stats = rt.stats()
+        assert stats["d0-rpi4-4gb"]["weights_loaded"] == 0.0
+
+
+def test_kv_overflow_is_refused_before_compute_and_the_device_keeps_serving(haiku_ids,
+                                                                            reference_tokens,
+                                                                            tokenizer):
+    cluster = default_cluster(3)
+    d = cluster.to_dict()
+    d["devices"][1]["memory_mib"] = 140.0       # layers [10,20) take 135.04 MiB of weights
+    cluster = Cluster.from_dict(d)
+    with EmulatedCluster(cluster, dilation=1.0) as rt:
+        pipe = rt.pipeline([("host-0", 0, 10), ("host-1", 10, 20), ("host-2", 20, 30)])
+        with pytest.raises(DeviceOOM, match=r"'host-1': request 9 needs .* budget is 140\.0 MiB"):
+            pipe.forward(list(range(200, 600)), request=9)
+        rt.free(9)
+        gen = pipe.generate(haiku_ids, 20, [tokenizer.eos_token_id], request=10)
+        assert gen.tokens == reference_tokens
+        assert rt.stats()["host-1"]["overruns"] >= 0
+
+
+def test_a_killed_worker_is_detected_within_5_s_and_nothing_is_left(haiku_ids):
+    before = {p.pid for p in children()}
+    rt = EmulatedCluster(default_cluster(3), dilation=1.0, timeout_s=60).start()
+    pids = [p.pid for p in rt.procs]
+    try:
+        pipe = rt.pipeline([("host-0", 0, 10), ("host-1", 10, 20), ("host-2", 20, 30)])
+        rt.procs[1].kill()
+        t0 = time.monotonic()
+        with pytest.raises(WorkerDied, match="host-1"):
+            pipe.generate(haiku_ids, 5)
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        rt.stop()
+    assert all(p.poll() is not None for p in rt.procs)
+    assert not ({p.pid for p in children()} - before) & set(pids)
+
+
+def test_ctrl_c_stops_every_worker():
+    with pytest.raises(KeyboardInterrupt):
+        with EmulatedCluster(default_cluster(2), dilation=1.0) as rt:
+            raise KeyboardInterrupt
+    assert all(p.poll() is not None for p in rt.procs)
+
+
+def test_multi_host_path_with_separately_started_workers(haiku_ids, reference_tokens, tokenizer):
+    port, world = free_port(), 3
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world))
+    exe = os.path.join(os.path.dirname(sys.executable), "e2llm-lite")
+    workers = [subprocess.Popen([exe, "worker"], env={**env, "RANK": str(r)}) for r in (1, 2)]
+    try:
+        with EmulatedCluster(default_cluster(2), dilation=1.0, port=port, spawn=False) as rt:
+            pipe = rt.pipeline([("host-0", 0, 16), ("host-1", 16, 30)])
+            gen = pipe.generate(haiku_ids, 20, [tokenizer.eos_token_id])
+        assert gen.tokens == reference_tokens
+        for w in workers:
+            assert w.wait(timeout=10) == 0
+    finally:
+        for w in workers:
+            w.kill()
+
+
+def test_worker_command_without_env_is_one_clear_line(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert cli.main(["worker"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RANK" in err[0]
+
+
+BAD_CLUSTERS = {
+    "malformed": '{"format": "e2llm-lite/cluster", "version": 1, "devices": [',
+    "unknown kind": {"devices": [{"name": "a", "kind": "toaster"}]},
+    "zero speed": {"devices": [{"name": "a", "kind": "host", "prefill_speed": 0}]},
+    "negative speed": {"devices": [{"name": "a", "kind": "host", "decode_speed": -1}]},
+    "zero bandwidth": {"devices": [{"name": "a", "kind": "host", "site": "x"}],
+                       "links": {"lan": {"x": {"bandwidth_mbps": 0, "latency_ms": 1}}}},
+    "duplicate names": {"devices": [{"name": "a", "kind": "host"}, {"name": "a", "kind": "host"}]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CLUSTERS))
+def test_bad_cluster_files_give_one_line_and_nonzero_exit(case, tmp_path, capsys):
+    body = BAD_CLUSTERS[case]
+    if isinstance(body, dict):
+        body = json.dumps({"format": "e2llm-lite/cluster", "version": 1, "name": "bad",
+                           "links": {"lan": {"host": {"bandwidth_mbps": 1000, "latency_ms": 0.1}}},
+                           **body})
+    path = tmp_path / "cluster.json"
+    path.write_text(body)
+    assert cli.main(["generate", "--prompt", "hi", "--cluster", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("e2llm-lite: error:"), err
