@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-ForwardFn = Callable[[list[int]], torch.Tensor]
+ForwardFn = Callable[[list[int]], "torch.Tensor | int"]
 
 
 @dataclass
@@ -55,7 +55,8 @@ def greedy_decode(forward: ForwardFn, prompt_ids: Sequence[int], max_new_tokens:
 
     Stops after ``max_new_tokens`` tokens or when a token in ``stop_ids`` is produced (that token
     is kept). ``forward`` receives the new token ids of each step and returns logits whose last
-    row is the next-token distribution.
+    row is the next-token distribution, or directly the greedy token (an ``int``) when the argmax
+    was taken where the logits are (a pipeline's last device).
     """
     prompt_ids = list(prompt_ids)
     check_lengths(len(prompt_ids), max_new_tokens, context)
@@ -65,7 +66,8 @@ def greedy_decode(forward: ForwardFn, prompt_ids: Sequence[int], max_new_tokens:
     gen = Generation(prompt_tokens=prompt_ids, tokens=[],
                      prefill_ms=(time.perf_counter() - t0) * 1e3)
     while True:
-        token = int(torch.as_tensor(logits).reshape(-1, logits.shape[-1])[-1].argmax())
+        token = (logits if isinstance(logits, int)
+                 else int(torch.as_tensor(logits).reshape(-1, logits.shape[-1])[-1].argmax()))
         gen.tokens.append(token)
         if token in stop:
             gen.stop_reason = "eos"

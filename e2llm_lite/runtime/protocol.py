@@ -37,8 +37,8 @@ class Op(enum.IntEnum):
 
     SETUP = 1      # driver->worker  a=dilation in micro-units (1e-6); payload uint8 device name
     LOAD = 2       # driver->worker  a=start b=end c=next rank (0: driver) d=home rank; payload float64 spec
-    FWD = 3        # ->worker        a=tokens d=phase (0 prefill, 1 decode); payload ids [1,T] or hidden [1,T,576]
-    RESULT = 4     # last->driver    a=argmax token; payload float32 logits [vocab]
+    FWD = 3        # ->worker        a=tokens b=1: return logits d=phase (0 prefill, 1 decode); payload ids [1,T] or hidden [1,T,576]
+    RESULT = 4     # last->driver    a=argmax token; payload float32 logits [vocab] if asked for
     KV_SEND = 5    # driver->worker  a=start b=end c=destination rank: export and send that KV
     KV_PUT = 6     # worker->worker  a=start b=end c=pos; payload float32 KV [layers,2,heads,T,64]
     FREE = 7       # driver->worker  free the request's KV (request -1: all)

@@ -151,12 +151,13 @@ class Worker:
             logits = out[0, -1]
             link = self.link_delay(self.home_rank, 8)      # the token id travels to the first stage
             self._record(m, phase, tokens, last, link)
-            self.send(0, Op.RESULT, request=m.request, a=int(logits.argmax()), payload=logits)
+            self.send(0, Op.RESULT, request=m.request, a=int(logits.argmax()),
+                      payload=logits if m.b else None)
         else:
             h = out.contiguous()
             link = self.link_delay(self.next_rank, h.numel() * h.element_size())
             self._record(m, phase, tokens, last, link)
-            self.send(self.next_rank, Op.FWD, request=m.request, a=tokens, d=m.d, payload=h)
+            self.send(self.next_rank, Op.FWD, request=m.request, a=tokens, b=m.b, d=m.d, payload=h)
 
     def _record(self, m: Message, phase: str, tokens: int, last: dict, link_s: float) -> None:
         self.trace.append([m.request, PHASES.index(phase), tokens, last["start"], last["end"],
