@@ -80,7 +80,15 @@ def _generate_emulated(args) -> dict:
     tok = load_tokenizer(folder)
     ids = chat_ids(tok, args.prompt)
     stages = [(d.name, a, b) for d, (a, b) in zip(cluster.devices, ranges)]
-    with EmulatedCluster(cluster, dilation=args.dilation) as rt:
+    net = {}
+    if args.external:  # workers started elsewhere with `e2llm-lite worker`
+        import os
+
+        if "MASTER_PORT" not in os.environ:
+            raise ValueError("--external needs MASTER_PORT (and MASTER_ADDR) in the environment")
+        net = {"spawn": False, "addr": os.environ.get("MASTER_ADDR", "127.0.0.1"),
+               "port": int(os.environ["MASTER_PORT"])}
+    with EmulatedCluster(cluster, dilation=args.dilation, **net) as rt:
         pipe = rt.pipeline(stages)
         gen = pipe.generate(ids, args.max_new_tokens, [tok.eos_token_id], free=False)
         report = rt.report()
@@ -231,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--devices", type=int, help="run on N emulated default devices (speed 1.0)")
     g.add_argument("--dilation", type=float, default=None,
                    help="clock dilation factor (default: automatic from the fastest device)")
+    g.add_argument("--external", action="store_true",
+                   help="do not spawn workers: wait for `e2llm-lite worker` processes (ranks "
+                   "1..N, device i = rank i+1) at MASTER_ADDR:MASTER_PORT")
     g.set_defaults(func=cmd_generate)
 
     w = sub.add_parser("worker", help="start one device worker of a multi-host run "

@@ -134,21 +134,28 @@ def test_ctrl_c_stops_every_worker():
     assert all(p.poll() is not None for p in rt.procs)
 
 
-def test_multi_host_path_with_separately_started_workers(haiku_ids, reference_tokens, tokenizer):
+def test_multi_host_path_with_separately_started_workers(tmp_path, reference_tokens):
+    """Driver and workers as separate `e2llm-lite` processes meeting at MASTER_ADDR:PORT."""
     port, world = free_port(), 3
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world))
     exe = os.path.join(os.path.dirname(sys.executable), "e2llm-lite")
+    default_cluster(2).save(tmp_path / "two.json")
+    driver = subprocess.Popen([exe, "generate", "--prompt", "Write a haiku about distributed computing.",
+                               "--max-new-tokens", "20", "--cluster", str(tmp_path / "two.json"),
+                               "--split", "0,16,30", "--external", "--dilation", "1", "--json"],
+                              env=env, stdout=subprocess.PIPE, text=True)
     workers = [subprocess.Popen([exe, "worker"], env={**env, "RANK": str(r)}) for r in (1, 2)]
     try:
-        with EmulatedCluster(default_cluster(2), dilation=1.0, port=port, spawn=False) as rt:
-            pipe = rt.pipeline([("host-0", 0, 16), ("host-1", 16, 30)])
-            gen = pipe.generate(haiku_ids, 20, [tokenizer.eos_token_id])
-        assert gen.tokens == reference_tokens
+        out, _ = driver.communicate(timeout=120)
+        assert driver.returncode == 0
+        result = json.loads(out)
+        assert result["tokens"] == reference_tokens
+        assert set(result["devices"]) == {"host-0", "host-1"}
         for w in workers:
-            assert w.wait(timeout=10) == 0
+            assert w.wait(timeout=10) == 0          # STOP ends them
     finally:
-        for w in workers:
-            w.kill()
+        for p in [driver, *workers]:
+            p.kill()
 
 
 def test_worker_command_without_env_is_one_clear_line(capsys, monkeypatch):
