@@ -169,8 +169,32 @@ def cmd_demo(args) -> dict:
         f"total {time.perf_counter() - t0:.1f} s")
     if not same:
         raise E2LLMError("sliced tokens differ from the single-process model")
+
+    from .devices import preset
+    from .runtime.driver import EmulatedCluster
+
+    trio = preset("home4").subset(["pi5", "orin", "laptop"], name="home4-trio")
+    placement = [("pi5", 0, 8), ("orin", 8, 18), ("laptop", 18, 30)]
+    say(f"\nthe same prompt on 3 emulated devices (separate processes, throttled, memory-capped, "
+        f"linked): {', '.join(f'{d} [{a},{b})' for d, a, b in placement)}")
+    with EmulatedCluster(trio) as rt:
+        emu = rt.pipeline(placement).generate(ids, args.max_new_tokens, [tok.eos_token_id], free=False)
+        report, timeline = rt.report(), rt.timeline()
+    for name, d in report.items():
+        say(f"  {name:7s} {trio.device(name).kind:21s} prefill {d['prefill_ms']:6.1f} ms, decode "
+            f"{d['decode_ms']:6.1f} ms, links {d['link_ms']:5.1f} ms, memory {d['peak_mib']:5.1f} of "
+            f"{d['budget_mib']:.0f} MiB")
+    end_ms = max(r["end_ms"] + r["link_ms"] for r in timeline)
+    overruns = sum(d["overruns"] for d in report.values())
+    emu_same = emu.tokens == ref
+    say(f"emulated devices give {'the same' if emu_same else 'DIFFERENT'} tokens; "
+        f"{end_ms:.0f} ms of device time (clock dilated {rt.dilation:g}x), overruns: {overruns}")
+    if not emu_same:
+        raise E2LLMError("emulated devices' tokens differ from the single-process model")
     return {"text": gen.text, "tokens": gen.tokens, "reference_tokens": ref, "identical": same,
-            "stages": [list(r) for r in ranges]}
+            "stages": [list(r) for r in ranges],
+            "emulated": {"devices": placement, "identical": emu_same, "device_time_ms": end_ms,
+                         "dilation": rt.dilation, "overruns": overruns, "report": report}}
 
 
 def cmd_profile(args) -> dict:
