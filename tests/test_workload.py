@@ -14,8 +14,10 @@ from e2llm_lite.serving.workload import (
     CONTEXT_TOKENS, PROFILE_FIGURES, LengthDist, Request, Workload, load_trace,
     parse_timestamp, read_trace, request_stats, workload_from_spec)
 
-TRACE_DIR = Path(os.environ.get(
-    "E2LLM_TRACE_DIR", Path(__file__).parents[1].parent / "shared/data/azure-llm-trace-2023"))
+_CANDIDATES = [Path(__file__).parents[1].parent / "shared/data/azure-llm-trace-2023",
+               Path("/work/shared/data/azure-llm-trace-2023")]
+TRACE_DIR = Path(os.environ.get("E2LLM_TRACE_DIR") or next(
+    (p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[0]))
 CODE_CSV = TRACE_DIR / "AzureLLMInferenceTrace_code.csv"
 CONV_CSV = TRACE_DIR / "AzureLLMInferenceTrace_conv.csv"
 needs_traces = pytest.mark.skipif(
