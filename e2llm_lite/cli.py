@@ -214,8 +214,8 @@ def cmd_profile(args) -> dict:
         grid = QUICK_GRID if args.quick else FULL_GRID
         t0 = time.perf_counter()
         say(f"profiling this host with one thread ({grid.name} grid, "
-            f"{len(grid.points())} points) ...")
-        d = profile(grid, progress=None if not args.json else False)
+            f"{len(grid.points())} points, {args.runs} run(s)) ...")
+        d = profile(grid, progress=None if not args.json else False, runs=args.runs)
         path = save_profile(d, args.out)
         cm = CostModel.load(path)  # what the planner will read back
         out = {"profile": str(path), "seconds": round(time.perf_counter() - t0, 1),
@@ -236,6 +236,51 @@ def cmd_profile(args) -> dict:
         f"(reference profile {ref.layer_ms('prefill', tokens=512):.1f}); decode batch 1, "
         f"context 512 = {cm.layer_ms('decode', batch=1, context=512):.2f} ms/layer "
         f"(reference {ref.layer_ms('decode', batch=1, context=512):.2f})")
+    return out
+
+
+def cmd_plan(args) -> dict:
+    """Plan replicas (devices, roles, layer ranges) for a workload and rate, or --check a plan file."""
+    from .costmodel import CostModel
+    from .planning import Plan, ReplicaPlanner, make_plan, workload_stats
+    from .planning.evaluate import predict
+    from .planning.ga import GAConfig
+    from .serving.workload import workload_from_spec
+
+    if not args.cluster and args.devices is None:
+        raise ValueError("plan needs --cluster FILE (or a preset name: home4, mixed8, edge16)")
+    cluster = _load_cluster(args)
+    cm = CostModel.load(args.profile) if args.profile else CostModel.load()
+    say = (lambda *a: None) if args.json else print
+    if args.check:
+        plan = Plan.load(args.check, cluster)  # one ConfigError if it does not match the cluster
+        stats, rate = plan.workload, plan.rate
+        if args.workload is not None or args.rate is not None:
+            wl = workload_from_spec(args.workload or plan.workload.name, args.rate or plan.rate,
+                                    seed=args.seed)
+            stats, rate = workload_stats(wl, cm), wl.rate
+        planner = ReplicaPlanner(cluster, cm, stats)
+        plan.replicas = [planner.retime(r) for r in plan.replicas]
+        pred = predict(plan.replicas, stats, rate, cluster=cluster)
+        plan.predicted, plan.rate, plan.workload = pred.to_dict(), rate, stats
+        say(f"{args.check}: valid for cluster {cluster.name!r}; evaluated for {stats.name} at "
+            f"{rate:g} requests/s")
+    else:
+        wl = workload_from_spec(args.workload or "conv", args.rate, seed=args.seed)
+        stats = workload_stats(wl, cm)
+        roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+        cfg = GAConfig(population=20, generations=60, patience=15) if args.quick else None
+        plan = make_plan(cluster, args.strategy, stats, wl.rate, seed=args.seed, costmodel=cm,
+                         progress=False if args.json else None, config=cfg, roles=roles,
+                         objective=args.objective, mixed_pool=not args.no_mixed_pool)
+        if args.out:
+            plan.save(args.out)
+    say(plan.summary())
+    if args.out and not args.check:
+        say(f"plan written to {args.out}")
+    out = plan.to_dict()
+    if args.out and not args.check:
+        out["out"] = str(args.out)
     return out
 
 
@@ -277,10 +322,38 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quick", action="store_true", help="a small grid (well under 2 minutes)")
     pr.add_argument("--out", default="profile.json", help="where to write the profile "
                                                           "(default: profile.json)")
+    pr.add_argument("--runs", type=int, default=1,
+                    help="measure the grid N times and keep each point's median (default 1; the "
+                         "shipped reference used 3)")
     pr.add_argument("--show", nargs="?", const="", metavar="FILE",
                     help="do not measure: validate and summarise a profile FILE (default: the "
                          "shipped reference profile)")
     pr.set_defaults(func=cmd_profile)
+    pl = common(sub.add_parser("plan", help="plan replicas, roles and layer splits for a workload "
+                                            "(E2LLM's GA or a baseline) and write plan.json"))
+    pl.add_argument("--cluster", help="a cluster.json or a preset name (home4, mixed8, edge16)")
+    pl.add_argument("--strategy", default="e2llm",
+                    choices=["e2llm", "splitwise", "pipeline", "exo", "colocated"],
+                    help="e2llm = GA over groups and roles with the DP inside (default); the "
+                         "others are the baselines")
+    pl.add_argument("--workload", help="code, conv or a trace CSV (default conv; with --check: "
+                    "the plan's own)")
+    pl.add_argument("--rate", type=float, help="arrival rate, requests/s (required for code/conv; "
+                    "with --check: default the plan's own)")
+    pl.add_argument("--seed", type=int, default=0, help="GA seed (default 0)")
+    pl.add_argument("--out", help="write the plan to this file (plan.json)")
+    pl.add_argument("--check", metavar="PLAN", help="do not plan: validate PLAN against the "
+                    "cluster and re-evaluate it for --workload / --rate")
+    pl.add_argument("--quick", action="store_true", help="a smaller, faster GA")
+    pl.add_argument("--roles", default="prefill,decoder,both",
+                    help="roles the GA may give a replica (default prefill,decoder,both; "
+                         "E2LLM's strict roles: prefill,decoder)")
+    pl.add_argument("--objective", default="waiting", choices=["waiting", "ttft"],
+                    help="what the GA minimises: mean waiting time (default) or TTFT")
+    pl.add_argument("--no-mixed-pool", action="store_true",
+                    help="Splitwise without its mixed pool (prompt and token pools only)")
+    pl.add_argument("--profile", help="cost-model profile (default: the shipped reference)")
+    pl.set_defaults(func=cmd_plan, devices=None)
     return p
 
 

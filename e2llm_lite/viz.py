@@ -253,3 +253,260 @@ def plot_timeline(rows, ax=None, title: str | None = None):
     ax.set_title(title or "timeline: compute (bars), link transfers (hatched), waiting (gaps)")
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- partitions (notebook 02)
+
+def _stage_split(partition, comm=None):
+    """(compute ms, transfer ms) per stage of a Partition; without ``comm`` every transfer is 0.
+
+    A stage's time is compute (+ embedding / head) + the transfer to the next stage, which is
+    ``comm[device, next device]``; the last stage sends nothing.
+    """
+    devs = [d for d, _, _ in partition.stages]
+    transfer = [0.0] * len(devs)
+    if comm is not None:
+        transfer = [float(comm[a][b]) for a, b in zip(devs, devs[1:])] + [0.0]
+    compute = [t - x for t, x in zip(partition.stage_times, transfer)]
+    return compute, transfer
+
+
+def _layers(start, end):
+    return f"layer {start}" if end - start == 1 else f"layers {start}–{end - 1}"
+
+
+def plot_partition(partition, device_names, comm=None, ax=None, title=None, unit="ms"):
+    """Stage bars of one plan: per stage (pipeline order) compute and transfer to the next stage,
+    stacked (ms); the slowest stage — the bottleneck, which sets the pipeline's period — is outlined
+    in red and marked by a dashed line.
+
+    ``partition``: a :class:`~e2llm_lite.planning.dp.Partition`; ``device_names[i]`` names device
+    index ``i``; ``comm``: the DP's ``comm`` matrix (ms), to split each bar into compute and
+    transfer (without it a bar is the stage time in one piece).
+    """
+    fig, ax = _fig_ax(ax, (1.4 * len(partition.stages) + 2, 3.5))
+    compute, transfer = _stage_split(partition, comm)
+    x = list(range(len(compute)))
+    labels = [f"{device_names[d]}\n{_layers(s, e)}" for d, s, e in partition.stages]
+    ax.bar(x, compute, 0.6, color="tab:blue", label="compute")
+    if comm is not None:
+        ax.bar(x, transfer, 0.6, bottom=compute, color="lightgrey", edgecolor="grey", hatch="///",
+               label="transfer to next stage")
+    worst = max(range(len(x)), key=lambda i: partition.stage_times[i])
+    top = partition.stage_times[worst]
+    ax.bar([worst], [top], 0.6, fill=False, edgecolor="tab:red", lw=2.5)
+    ax.axhline(top, color="tab:red", ls="--", lw=1)
+    ax.annotate(f"bottleneck {top:.3g} {unit}", (worst, top), textcoords="offset points",
+                xytext=(0, 4), ha="center", color="tab:red", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel(f"stage time ({unit})")
+    ax.set_ylim(0, top * 1.4)
+    ax.set_title(title or f"{partition.objective} plan: bottleneck {partition.bottleneck:.3g} {unit}, "
+                 f"latency {partition.latency:.3g} {unit}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_partitions(plans, device_names, comm=None, unit="ms", suptitle=None):
+    """Stage bars (see :func:`plot_partition`) of several plans side by side, on one y scale.
+
+    ``plans``: label -> Partition, e.g. ``{"DP": p, "brute force": q, "exo": r}``.
+    """
+    plans = dict(plans)
+    widths = [len(p.stages) + 1 for p in plans.values()]
+    fig, axes = plt.subplots(1, len(plans), figsize=(min(0.95 * sum(widths) + 1.5, 15), 3.8), sharey=True,
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for ax, (label, p) in zip(axes[0], plans.items()):
+        plot_partition(p, device_names, comm, ax=ax, unit=unit,
+                       title=f"{label}\nbottleneck {p.bottleneck:.3g} {unit}, latency {p.latency:.3g} {unit}")
+        ax.set_ylim(0, max(q.bottleneck for q in plans.values()) * 1.4)
+    for ax in axes[0][1:]:
+        ax.set_ylabel("")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def device_colors(device_names):
+    """One fixed colour per device index (tab10), so every plot of a notebook agrees."""
+    cmap = plt.get_cmap("tab10")
+    return [cmap(i % 10) for i in range(len(device_names))]
+
+
+def plot_layer_map(plans, device_names, n_layers=None, ax=None, title=None):
+    """Which device holds which layers, one row per plan: a bar from layer 0 to the last, cut into
+    the plan's stages, coloured by device (the same colour for a device in every row).
+
+    ``plans``: label -> Partition (or a list of ``(device, start, end)`` stages).
+    """
+    plans = dict(plans)
+    rows = {k: getattr(p, "stages", p) for k, p in plans.items()}
+    n_layers = n_layers or max(e for st in rows.values() for _, _, e in st)
+    fig, ax = _fig_ax(ax, (10, 0.55 * len(rows) + 1.2))
+    colors = device_colors(device_names)
+    for y, (label, stages) in enumerate(rows.items()):
+        for d, s, e in stages:
+            ax.barh(y, e - s, left=s, height=0.7, color=colors[d], edgecolor="white")
+            ax.text((s + e) / 2, y, device_names[d] if e - s >= 2 else str(device_names[d])[:2],
+                    ha="center", va="center", fontsize=7, color="white", fontweight="bold")
+    ax.set_yticks(range(len(rows)), list(rows))
+    ax.invert_yaxis()
+    ax.set_xlim(0, n_layers)
+    ax.set_xticks(range(0, n_layers + 1, 5 if n_layers > 12 else 1))
+    ax.set_xlabel("decoder layer")
+    used = sorted({d for st in rows.values() for d, _, _ in st})
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[d]) for d in used]
+    ax.legend(handles, [device_names[d] for d in used], fontsize=8, loc="center left",
+              bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title(title or "layer map: which device holds which layers", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def pipeline_rows(partition, device_names, comm=None, n_items=5, phase="prefill"):
+    """A timeline of ``n_items`` requests flowing through a plan's pipeline, for :func:`plot_timeline`.
+
+    All items are waiting at time 0. Item i starts on stage s when it has arrived there (the
+    previous stage finished it and sent it) and stage s is free; a stage stays busy while it sends
+    (the DP charges the transfer to the sender), so once the pipeline is full an item leaves every
+    ``max(stage time)`` ms — the bottleneck is the pipeline's period. Rows: device, phase,
+    start_ms, end_ms (compute), link_ms (transfer after it), item.
+    """
+    compute, transfer = _stage_split(partition, comm)
+    rows, free = [], [0.0] * len(compute)
+    for i in range(n_items):
+        ready = 0.0
+        for s, (d, _, _) in enumerate(partition.stages):
+            start = max(ready, free[s])
+            end = start + compute[s]
+            free[s] = end + transfer[s]
+            ready = free[s]
+            rows.append({"device": device_names[d], "phase": phase, "start_ms": start,
+                         "end_ms": end, "link_ms": transfer[s], "item": i})
+    return rows
+
+
+def plot_pipeline(partition, device_names, comm=None, n_items=5, ax=None, unit="ms", title=None):
+    """Gantt chart of ``n_items`` requests flowing through a plan's pipeline (:func:`pipeline_rows`):
+    one colour per item, transfers hatched, and the moments items leave the last stage marked —
+    once the pipeline is full they are one bottleneck apart."""
+    rows = pipeline_rows(partition, device_names, comm, n_items)
+    names = [device_names[d] for d, _, _ in partition.stages]
+    fig, ax = _fig_ax(ax, (10, 0.55 * len(names) + 1.8))
+    colors = plt.get_cmap("viridis")([0.1 + 0.8 * i / max(n_items - 1, 1) for i in range(n_items)])
+    for r in rows:
+        y = names.index(r["device"])
+        w = r["end_ms"] - r["start_ms"]
+        ax.broken_barh([(r["start_ms"], w)], (y - 0.35, 0.7), color=colors[r["item"]],
+                       edgecolor="white")
+        ax.text(r["start_ms"] + w / 2, y, str(r["item"] + 1), ha="center", va="center",
+                color="white", fontsize=7)
+        if r["link_ms"] > 0:
+            ax.broken_barh([(r["end_ms"], r["link_ms"])], (y - 0.15, 0.3), facecolor="none",
+                           edgecolor="grey", hatch="///")
+    exits = [r["end_ms"] for r in rows if r["device"] == names[-1]]
+    for t in exits:
+        ax.axvline(t, color="tab:red", lw=0.8, ls=":")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(len(names) - 0.4, -0.9)
+    if len(exits) >= 2:
+        gap = exits[-1] - exits[-2]
+        ax.annotate("", xy=(exits[-1], -0.6), xytext=(exits[-2], -0.6),
+                    arrowprops={"arrowstyle": "<->", "color": "tab:red"})
+        ax.text((exits[-1] + exits[-2]) / 2, -0.65, f"{gap:.3g} {unit}", ha="center", va="bottom",
+                color="tab:red", fontsize=8)
+    ax.set_xlabel(f"time ({unit})")
+    ax.set_title(title or f"{n_items} requests through the pipeline (numbers = request; hatched = "
+                 f"transfer; red dotted = a request leaves)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- serving plans (notebooks 03, 05)
+
+ROLE_COLORS = {"prefill": "tab:orange", "decoder": "tab:blue", "both": "tab:purple"}
+
+
+def _history_dict(history):
+    """A GA History or its dict form (``plan.search["history"]``) -> dict of lists."""
+    return history.to_dict() if hasattr(history, "to_dict") else dict(history)
+
+
+def plot_convergence(history, ax=None, random_trace=None, title=None, log=True):
+    """GA convergence: best-so-far and population median fitness (s) against the number of
+    distinct evaluations. ``history``: a :class:`~e2llm_lite.planning.ga.History` or
+    ``plan.search["history"]``; ``random_trace``: random search's best-so-far after each
+    evaluation (:func:`~e2llm_lite.planning.random_search`), drawn for comparison. Fitness above
+    10^4 s means "overloaded" (the evaluator's penalty)."""
+    h = _history_dict(history)
+    fig, ax = _fig_ax(ax, (7, 3.5))
+    ev = h["evaluations"]
+    middle = h.get("median") or h["mean"]
+    ax.plot(ev, middle, color="tab:grey", lw=1,
+            label="population median" if h.get("median") else "population mean")
+    ax.step(ev, h["best"], where="post", color="tab:red", lw=2, label="GA best so far")
+    if random_trace is not None:
+        ax.plot(range(1, len(random_trace) + 1), random_trace, color="tab:blue", lw=1.5, ls="--",
+                label="random search best so far")
+    if log:
+        ax.set_yscale("log")
+    ax.axhspan(1e4, max(max(middle), max(h["best"]), 1e4) * 10, color="tab:red", alpha=0.06)
+    ax.set_xlabel("distinct evaluations")
+    ax.set_ylabel("fitness: mean waiting time (s)")
+    ax.set_title(title or "GA convergence (shaded: overloaded plans, penalised)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_plan(plan, ax=None, title=None):
+    """A serving plan: one row per replica (its role in the label and colour), a bar over layers
+    0..30 cut into the replica's stages, coloured and labelled by device (one colour per device of
+    the cluster, as in :func:`plot_layer_map`). ``plan``: a :class:`~e2llm_lite.planning.Plan`."""
+    names = plan.devices or sorted({d for r in plan.replicas for d in r.devices})
+    colors = dict(zip(names, device_colors(names)))
+    L = max(e for r in plan.replicas for _, _, e in r.stages)
+    fig, ax = _fig_ax(ax, (10, 0.55 * len(plan.replicas) + 1.6))
+    for y, r in enumerate(plan.replicas):
+        for dev, s, e in r.stages:
+            ax.barh(y, e - s, left=s, color=colors.get(dev, "tab:grey"), edgecolor="white", height=0.7)
+            ax.text((s + e) / 2, y, dev, ha="center", va="center", fontsize=7,
+                    rotation=90 if e - s < 4 else 0)
+        extra = (f"{r.prefill_period_s * 1e3:.0f} ms/prompt" if r.role == "prefill" else
+                 f"B={r.batch}, {r.tokens_per_s:.0f} tok/s" if r.role == "decoder" else
+                 f"{r.prefill_period_s * 1e3:.0f} ms/prompt, B={r.batch}")
+        ax.text(L + 0.3, y, extra, va="center", fontsize=8)
+    ax.set_yticks(range(len(plan.replicas)), [f"{r.name} {r.role}" for r in plan.replicas])
+    for tick, r in zip(ax.get_yticklabels(), plan.replicas):
+        tick.set_color(ROLE_COLORS.get(r.role, "black"))
+    ax.set_xlim(0, L * 1.25)
+    ax.set_ylim(len(plan.replicas) - 0.5, -0.5)
+    ax.set_xlabel("layers")
+    p = plan.predicted or {}
+    wait = (f"mean waiting {p['mean_wait_s']:.3g} s" if p.get("feasible")
+            else "overloaded" if p else "")
+    ax.set_title(title or f"{plan.strategy} on {plan.cluster} — {plan.workload.name} at "
+                 f"{plan.rate:g} req/s: {wait}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_wait_vs_rate(curves, ax=None, title=None):
+    """Predicted mean waiting time (s, log scale) against the arrival rate, one line per strategy.
+    ``curves``: {strategy: (rates, waits)}; an overloaded point (wait None / inf) ends the line."""
+    import math
+
+    fig, ax = _fig_ax(ax, (7, 4))
+    for name, (rates, waits) in curves.items():
+        pts = [(r, w) for r, w in zip(rates, waits) if w is not None and math.isfinite(w) and w > 0]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("arrival rate (requests/s)")
+    ax.set_ylabel("predicted mean waiting time (s)")
+    ax.set_title(title or "waiting time vs load (a line ends where the plan is overloaded)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

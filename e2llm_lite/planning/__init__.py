@@ -1,1 +1,73 @@
-"""planning."""
+"""Planning: who serves what. The DP splits a replica's layers (:mod:`.dp`), the replica module
+turns a device group + role into a planned replica (:mod:`.replica`), the evaluator predicts the
+waiting time of a set of replicas (:mod:`.evaluate`), the GA forms the groups and roles
+(:mod:`.ga`), the exhaustive and random searches referee it (:mod:`.search`), and the baselines
+(:mod:`.baselines`) are what it is compared with. :func:`make_plan` is the one entry point;
+:class:`~.plan.Plan` is ``plan.json``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .plan import PLAN_FORMAT, PLAN_VERSION, STRATEGIES, Plan
+from .replica import ROLES, ReplicaPlan, ReplicaPlanner, WorkloadStats, plan_replica, workload_stats
+from .search import SearchProblem, exhaustive_search, random_search
+
+__all__ = [
+    "PLAN_FORMAT", "PLAN_VERSION", "ROLES", "STRATEGIES", "Plan", "ReplicaPlan", "ReplicaPlanner",
+    "SearchProblem", "WorkloadStats", "exhaustive_search", "make_plan", "plan_e2llm",
+    "plan_replica", "random_search", "workload_stats",
+]
+
+
+def plan_e2llm(problem: SearchProblem, *, seed: int = 0, config=None, progress: bool | None = None):
+    """The GA's plan for ``problem``: ``(Plan, History)``."""
+    from .ga import GAConfig, ga_search
+
+    cfg = config or GAConfig()
+    grouping, fitness, hist = ga_search(problem, cfg, seed=seed, progress=progress)
+    search = {"method": "ga", "seed": seed, "fitness": fitness, "evaluations": hist.evaluations[-1],
+              "generations": hist.generations, "stopped_early": hist.stopped_early,
+              "seconds": round(hist.seconds, 3), "roles": list(problem.roles),
+              "max_replica_devices": problem.max_size, "population": cfg.resolved(problem.n).population,
+              "history": {"best": hist.best, "mean": hist.mean, "median": hist.median,
+                          "evaluations": hist.evaluations}}
+    plan = problem.to_plan(grouping, "e2llm", search,
+                           "GA over device groups and roles, DP inside every group")
+    return plan, hist
+
+
+def make_plan(cluster, strategy: str = "e2llm", workload="conv", rate: float = 1.0, *, seed: int = 0,
+              costmodel=None, progress: bool | None = None, config=None, roles=ROLES,
+              objective: str = "waiting", mixed_pool: bool = True, max_replica_devices: int = 8,
+              max_batch: int = 32, problem: SearchProblem | None = None) -> Plan:
+    """Plan ``cluster`` for ``workload`` (``"code"``, ``"conv"``, a Workload, a WorkloadStats) at
+    ``rate`` requests/s with ``strategy`` (``e2llm`` = the GA, or a baseline: ``splitwise``,
+    ``pipeline``, ``exo``, ``colocated``). Every strategy is scored by the same evaluator.
+
+    Raises InfeasiblePlan when the cluster cannot hold the model (one clear sentence with the
+    memory figures) and ValueError for an unknown strategy.
+    """
+    from . import baselines
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    t0 = time.perf_counter()
+    if problem is None:
+        problem = SearchProblem(cluster, workload, rate, costmodel=costmodel, roles=roles,
+                                objective=objective, max_replica_devices=max_replica_devices,
+                                max_batch=max_batch)
+    problem.check_cluster()
+    if strategy == "e2llm":
+        plan, _ = plan_e2llm(problem, seed=seed, config=config, progress=progress)
+    elif strategy == "splitwise":
+        plan = baselines.splitwise_plan(problem, mixed_pool=mixed_pool)
+    elif strategy == "pipeline":
+        plan = baselines.pipeline_plan(problem)
+    elif strategy == "exo":
+        plan = baselines.exo_plan(problem)
+    else:
+        plan = baselines.colocated_plan(problem)
+    plan.search.setdefault("seconds", round(time.perf_counter() - t0, 3))
+    return plan
