@@ -188,3 +188,26 @@ def test_bad_cluster_files_give_one_line_and_nonzero_exit(case, tmp_path, capsys
     assert cli.main(["generate", "--prompt", "hi", "--cluster", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("e2llm-lite: error:"), err
+
+
+def test_external_workers_stop_when_the_driver_is_killed():
+    port = free_port()
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="3")
+    exe = os.path.join(os.path.dirname(sys.executable), "e2llm-lite")
+    workers = [subprocess.Popen([exe, "worker"], env={**env, "RANK": str(r)},
+                                stderr=subprocess.DEVNULL) for r in (1, 2)]
+    driver = subprocess.Popen([sys.executable, "-c", (
+        "from e2llm_lite.devices import default_cluster\n"
+        "from e2llm_lite.runtime.driver import EmulatedCluster\n"
+        "import time\n"
+        f"rt = EmulatedCluster(default_cluster(2), dilation=1.0, port={port}, spawn=False).start()\n"
+        "print('up', flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "up"
+        driver.kill()
+        for w in workers:
+            assert w.wait(timeout=5) == 0
+    finally:
+        for p in [driver, *workers]:
+            p.kill()

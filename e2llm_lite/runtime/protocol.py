@@ -112,6 +112,19 @@ def payload_bytes(msg: Message) -> int:
     return HEADER_LEN * 8 + (p.numel() * p.element_size() if p is not None else 0)
 
 
+def recv(pg) -> Message:
+    """Block until the next message from any rank arrives (header, then its payload)."""
+    header = torch.zeros(HEADER_LEN, dtype=torch.int64)
+    pg.recv_anysource([header], TAG).wait()
+    h = header.tolist()
+    payload = None
+    dtype = _DTYPES.get(h[7])
+    if dtype is not None:
+        payload = torch.empty(h[9:9 + h[8]], dtype=dtype)
+        pg.recv([payload], h[1], TAG).wait()
+    return Message(Op(h[0]), *h[1:7], payload=payload)
+
+
 class Receiver:
     """Receives messages from any rank on a daemon thread and queues them.
 
@@ -126,24 +139,10 @@ class Receiver:
         self.thread = threading.Thread(target=self._run, name="e2llm-receiver", daemon=True)
         self.thread.start()
 
-    def _recv(self, src: int | None, tensor: torch.Tensor) -> int:
-        work = (self.pg.recv_anysource([tensor], TAG) if src is None
-                else self.pg.recv([tensor], src, TAG))
-        work.wait()
-        return src if src is not None else int(tensor[1]) if tensor.dtype == torch.int64 else -1
-
     def _run(self) -> None:
         try:
             while True:
-                header = torch.zeros(HEADER_LEN, dtype=torch.int64)
-                self._recv(None, header)
-                h = header.tolist()
-                payload = None
-                dtype = _DTYPES.get(h[7])
-                if dtype is not None:
-                    payload = torch.empty(h[9:9 + h[8]], dtype=dtype)
-                    self._recv(h[1], payload)
-                msg = Message(Op(h[0]), *h[1:7], payload=payload)
+                msg = recv(self.pg)
                 self.queue.put(msg)
                 if msg.op == Op.STOP:
                     return

@@ -14,17 +14,19 @@ answers.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import sys
+import threading
 import time
+
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # torch's C++ stack dumps are not for users
 
 import numpy as np
 import torch
 
 from ..errors import DeviceOOM
 from .memory import MemoryAccount
-from .protocol import ErrorKind, Message, Op, Receiver, make_group, send, text_payload
+from .protocol import ErrorKind, Message, Op, make_group, recv, send, text_payload
 from .throttle import Throttle
 
 PHASES = ("prefill", "decode")
@@ -51,7 +53,6 @@ class Worker:
     def __init__(self, rank: int, world: int, addr: str, port: int, timeout_s: float):
         self.rank, self.world = rank, world
         self.store, self.pg = make_group(rank, world, addr, port, timeout_s)
-        self.receiver = Receiver(self.pg)
         self.name = f"rank{rank}"
         self.throttle = Throttle()
         self.links = np.zeros((world, 2))      # (Mbit/s, ms) to each rank; 0 Mbit/s = free
@@ -85,13 +86,21 @@ class Worker:
         self.link_s += seconds
         return seconds
 
-    def serve(self) -> None:
+    def watch_driver(self) -> None:
+        """Exit the process once the driver's rendezvous store stops answering (checked every 1 s)."""
         while True:
+            time.sleep(1.0)
             try:
-                msg = self.receiver.get(timeout=1.0)
-            except queue.Empty:
-                self.store.check(["e2llm/driver"])  # raises if the driver (store host) is gone
-                continue
+                self.store.check(["e2llm/driver"])
+            except Exception:
+                print(f"e2llm-lite worker {self.rank}: the driver is gone, stopping", file=sys.stderr)
+                os._exit(0)
+
+    def serve(self) -> None:
+        """Receive on this thread (no hand-off between threads on the hot path) until STOP."""
+        threading.Thread(target=self.watch_driver, name="e2llm-watchdog", daemon=True).start()
+        while True:
+            msg = recv(self.pg)
             if msg.payload is not None:
                 self.bytes_received += msg.payload.numel() * msg.payload.element_size()
             if msg.op == Op.STOP:
@@ -221,7 +230,7 @@ def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int = 29500
             worker.pg.shutdown() if hasattr(worker.pg, "shutdown") else None
         except Exception:
             pass
-        os._exit(0)  # do not wait for the receiver thread blocked in gloo
+        os._exit(0)  # do not wait for threads blocked in gloo
 
 
 def main(argv=None) -> None:
