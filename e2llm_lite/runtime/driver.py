@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..devices import Cluster, DeviceSpec
+from ..devices import Cluster
 from ..errors import DeviceOOM, E2LLMError, WorkerDied
 from ..generation import Generation, greedy_decode
 from ..model import ANATOMY
