@@ -67,7 +67,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, check_format
 from .model import ANATOMY, Anatomy
 
 PROFILE_FORMAT = "e2llm-lite/profile"
@@ -160,15 +160,8 @@ def _finite_number(v) -> bool:
 
 def validate_profile(d) -> None:
     """Raise ``ConfigError`` (one sentence, no file name) unless ``d`` is a valid version-1 profile."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"a profile must be a JSON object, got {type(d).__name__}")
-    if d.get("format") != PROFILE_FORMAT:
-        raise ConfigError(f"not an e2llm-lite profile: format is {d.get('format')!r}, "
-                          f"expected {PROFILE_FORMAT!r}")
-    if d.get("version") != PROFILE_VERSION or type(d.get("version")) is not int:
-        raise ConfigError(f"unsupported profile version {d.get('version')!r} (this e2llm-lite "
-                          f"reads version {PROFILE_VERSION}); measure a new one with "
-                          f"`e2llm-lite profile`")
+    check_format(d, "profile", PROFILE_FORMAT, PROFILE_VERSION,
+                 "measure a new one with `e2llm-lite profile`")
     for key, typ in (("host", dict), ("grid", dict), ("measurements", list), ("fit", dict)):
         if key not in d:
             raise ConfigError(f"the profile is missing the field {key!r}")

@@ -27,3 +27,18 @@ class InfeasiblePlan(E2LLMError):
 
 class WorkerDied(E2LLMError):
     """A device worker process exited or stopped answering."""
+
+
+def check_format(d, what: str, fmt: str, version: int, remedy: str) -> None:
+    """Raise ``ConfigError`` unless ``d`` is a JSON object of format ``fmt`` at ``version``.
+
+    ``what`` names the kind of file ("plan", "profile"); ``remedy`` says how to get a good one.
+    """
+    if not isinstance(d, dict):
+        raise ConfigError(f"a {what} must be a JSON object, got {type(d).__name__}")
+    if d.get("format") != fmt:
+        raise ConfigError(f"not an e2llm-lite {what}: format is {d.get('format')!r}, "
+                          f"expected {fmt!r}")
+    if d.get("version") != version or type(d.get("version")) is not int:
+        raise ConfigError(f"unsupported {what} version {d.get('version')!r} (this e2llm-lite "
+                          f"reads version {version}); {remedy}")

@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_format
 from ..model import ANATOMY
 from .replica import ROLES, ReplicaPlan, WorkloadStats, stage_need_bytes
 
@@ -108,14 +108,7 @@ class Plan:
     @classmethod
     def from_dict(cls, d) -> "Plan":
         """Parse the JSON form (structure only; :meth:`validate` checks it against a cluster)."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"a plan must be a JSON object, got {type(d).__name__}")
-        if d.get("format") != PLAN_FORMAT:
-            raise ConfigError(f"not an e2llm-lite plan: format is {d.get('format')!r}, "
-                              f"expected {PLAN_FORMAT!r}")
-        if d.get("version") != PLAN_VERSION or type(d.get("version")) is not int:
-            raise ConfigError(f"unsupported plan version {d.get('version')!r} (this e2llm-lite reads "
-                              f"version {PLAN_VERSION}); make a new one with `e2llm-lite plan`")
+        check_format(d, "plan", PLAN_FORMAT, PLAN_VERSION, "make a new one with `e2llm-lite plan`")
         for k in ("strategy", "cluster", "rate", "workload", "replicas"):
             if k not in d:
                 raise ConfigError(f"the plan is missing the field {k!r}")
