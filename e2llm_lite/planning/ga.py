@@ -123,6 +123,17 @@ class History:
 # --------------------------------------------------------------------------------------------
 
 
+
+def _swap(groups, where, x: int, y: int) -> None:
+    """Exchange devices ``x`` and ``y`` between their groups (either may be unused: ``where`` lacks it)."""
+    kx, ky = where.get(x), where.get(y)
+    if kx is not None:
+        groups[kx][0].discard(x)
+        groups[kx][0].add(y)
+    if ky is not None:
+        groups[ky][0].discard(y)
+        groups[ky][0].add(x)
+
 def encode(grouping: Grouping, n_devices: int) -> tuple[list[int], list[str]]:
     """(genes, roles) of a grouping: ``genes[d]`` = replica index of device d or -1."""
     genes = [-1] * n_devices
@@ -263,14 +274,8 @@ def _mutate(problem: SearchProblem, ind: Grouping, rng: np.random.Generator) -> 
             groups[dst][0].add(d)
     elif kind == "swap":
         d, e = (int(x) for x in rng.choice(problem.n, 2, replace=False))
-        kd, ke = where.get(d), where.get(e)
-        if kd != ke:
-            if kd is not None:
-                groups[kd][0].discard(d)
-                groups[kd][0].add(e)
-            if ke is not None:
-                groups[ke][0].discard(e)
-                groups[ke][0].add(d)
+        if where.get(d) != where.get(e):
+            _swap(groups, where, d, e)
     elif kind == "flip" and groups:
         k = int(rng.integers(len(groups)))
         others = [r for r in roles if r != groups[k][1]]
@@ -344,13 +349,7 @@ def _neighbours(problem: SearchProblem, ind: Grouping, rng: np.random.Generator)
         elif kind == "drop2":
             new[where[x]][0] -= {x, y}
         else:
-            kx, ky = where.get(x), where.get(y)
-            if kx is not None:
-                new[kx][0].discard(x)
-                new[kx][0].add(y)
-            if ky is not None:
-                new[ky][0].discard(y)
-                new[ky][0].add(x)
+            _swap(new, where, x, y)
         yield new
 
 
