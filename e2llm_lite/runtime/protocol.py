@@ -107,11 +107,6 @@ def text_payload(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(text.encode("utf-8")) or bytearray(b" "), dtype=torch.uint8)
 
 
-def payload_bytes(msg: Message) -> int:
-    p = msg.payload
-    return HEADER_LEN * 8 + (p.numel() * p.element_size() if p is not None else 0)
-
-
 def recv(pg) -> Message:
     """Block until the next message from any rank arrives (header, then its payload)."""
     header = torch.zeros(HEADER_LEN, dtype=torch.int64)
