@@ -146,6 +146,8 @@ class EmulatedCluster:
             if p.poll() is None:
                 p.kill()
                 _wait(p, 1.0)
+        if self.receiver is not None:  # ends on the workers' STOP echo; never left blocked in gloo
+            self.receiver.thread.join(1.0)
         if self.pg is not None:
             try:
                 self.pg.shutdown()

@@ -44,7 +44,7 @@ class Op(enum.IntEnum):
     FREE = 7       # driver->worker  free the request's KV (request -1: all)
     STATS = 8      # driver->worker; the reply carries float64 stats
     TRACE = 9      # driver->worker; the reply carries float64 [steps, TRACE_COLS]
-    STOP = 10      # driver->worker: exit
+    STOP = 10      # driver->worker: exit; worker->driver: the echo that ends the driver's receiver
     ACK = 11       # worker->driver  a=op acknowledged; payload per op (may be empty)
     ERROR = 12     # worker->driver  a=error kind (ErrorKind); payload uint8 utf-8 message
     LINKS = 13     # driver->worker  payload float64 [world, 2]: (Mbit/s, ms) from this worker to each rank

@@ -104,6 +104,7 @@ class Worker:
             if msg.payload is not None:
                 self.bytes_received += msg.payload.numel() * msg.payload.element_size()
             if msg.op == Op.STOP:
+                self.send(0, Op.STOP)  # lets the driver's receiver thread end before shutdown
                 return
             try:
                 getattr(self, f"on_{msg.op.name.lower()}")(msg)
