@@ -106,55 +106,92 @@ def stage_accuracy(cm: CostModel, prompts=(32, 128, 512), decode_steps: int = 12
     return {phase: _summary([abs(x) for x in v], v) for phase, v in signed.items()}
 
 
-def runtime_accuracy(cm: CostModel, prompts=(32, 128, 384), decode_steps: int = 12) -> dict:
+def runtime_accuracy(models: dict[str, CostModel], prompts=(32, 96, 192, 384),
+                     decode_steps: int = 12, rounds: int = 5, recalibrate: bool = True) -> dict:
     """Part 3: emulated devices (worker processes) through the runtime, device time per step.
 
     Three catalog devices hold layers [0,10) [10,20) [20,30); every prompt is prefilled and then
-    decoded ``decode_steps`` tokens. Each step's device time (end - start on the runtime's
-    timeline, in device ms) is compared with ``cm.stage_ms(device, start, end, phase, ...)``.
+    decoded ``decode_steps`` tokens, and the whole set is run ``rounds`` times. The cluster is
+    calibrated against the reference profile (``EmulatedCluster(calibrate=True)``), so each step
+    is seen two ways in the same run:
+
+    * ``calibrated``: its device time on the runtime's timeline (end - start, device ms), which
+      should match the reference profile's prediction;
+    * ``raw``: its host CPU time divided by the device's catalog speed -- the device time an
+      uncalibrated run would have given (this host as it is now), to be compared with a fresh
+      profile of this host.
+
+    Each is compared with ``cm.stage_ms(device, start, end, phase, ...)`` two ways: ``stage``, the
+    median over the rounds of each distinct step (device, phase, prompt length or decode context)
+    -- how well the model predicts a stage's time; and ``step``, every single step -- that plus
+    the host's step-to-step noise, which ``noise`` measures alone (each step against the median
+    of its own repeats).
     """
-    try:
-        from e2llm_lite.runtime.driver import EmulatedCluster
-    except ImportError as e:
-        raise NotImplementedError(
-            "the device runtime (e2llm_lite.runtime) offers no EmulatedCluster yet; part 3 "
-            f"needs it ({e})") from None
     from e2llm_lite.devices import make_cluster
+    from e2llm_lite.runtime.driver import EmulatedCluster
 
     cluster = make_cluster(["nuc-16gb", "rpi5-8gb", "laptop-16gb"], name="bench3")
     placement = [(d.name, a, b) for d, (a, b) in zip(cluster.devices, [(0, 10), (10, 20), (20, 30)])]
     rng = np.random.default_rng(0)
-    with EmulatedCluster(cluster) as rt:
+    with EmulatedCluster(cluster, calibrate=True, costmodel=models["reference"]) as rt:
         pipe = rt.pipeline(placement)
-        pipe.generate(rng.integers(100, 40000, 16).tolist(), 3, request=99)  # warm-up
+        pipe.generate(rng.integers(100, 40000, 16).tolist(), 3, request=999)  # warm-up
         rt.free(reset_stats=True)
-        for i, T in enumerate(prompts):
-            pipe.generate(rng.integers(100, 40000, T).tolist(), decode_steps, request=i)
+        factors = []
+        for r in range(rounds):
+            if r > 0 and recalibrate:  # the host's speed drifts over minutes: re-measure it
+                rt.calibrate()
+            factors.append({d: (c["prefill"]["factor"], c["decode"]["factor"])
+                            for d, c in rt.calibration.items()})
+            for i, T in enumerate(prompts):
+                pipe.generate(rng.integers(100, 40000, T).tolist(), decode_steps,
+                              request=r * len(prompts) + i)
         rows = rt.timeline()
         report = rt.report()
-        dilation = rt.dilation
+        dilation, calibration = rt.dilation, rt.calibration
     by_dev = {name: (a, b) for name, a, b in placement}
     seen: dict[tuple, int] = {}
-    signed = {"prefill": [], "decode": []}
-    worst = []
+    # (device, phase, shape) -> {"calibrated": [device ms], "raw": [device ms]}
+    samples: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:  # rows are in time order; a request's k-th decode step has context T + k
-        a, b = by_dev[r["device"]]
-        dev = cluster.device(r["device"])
-        measured = r["end_ms"] - r["start_ms"]
-        T = prompts[r["request"]]
+        T = prompts[r["request"] % len(prompts)]
         if r["phase"] == "prefill":
-            pred = cm.stage_ms(dev, a, b, "prefill", tokens=r["tokens"])
+            shape = (("tokens", r["tokens"]),)
         else:
             k = seen.get((r["device"], r["request"]), 0)
             seen[(r["device"], r["request"])] = k + 1
-            pred = cm.stage_ms(dev, a, b, "decode", batch=1, context=T + k)
-        e = (pred - measured) / measured
-        signed[r["phase"]].append(e)
-        worst.append((abs(e), r["device"], r["phase"], r["tokens"], round(pred, 2), round(measured, 2)))
-    overruns = sum(v["overruns"] for v in report.values())
-    return {"dilation": dilation, "overruns": overruns, "steps": len(rows),
-            **{phase: _summary([abs(x) for x in v], v) for phase, v in signed.items()},
-            "worst": sorted(worst, reverse=True)[:3]}
+            shape = (("batch", 1), ("context", T + k))
+        dev = cluster.device(r["device"])
+        speed = dev.prefill_speed if r["phase"] == "prefill" else dev.decode_speed
+        got = samples.setdefault((r["device"], r["phase"], shape), {"calibrated": [], "raw": []})
+        got["calibrated"].append(r["end_ms"] - r["start_ms"])
+        got["raw"].append(r["cpu_ms"] / speed)
+    noise = {"prefill": [], "decode": []}
+    for (_dev, phase, _shape), got in samples.items():
+        med = statistics.median(got["raw"])
+        noise[phase] += [abs(m - med) / med for m in got["raw"]]
+    out = {"dilation": dilation, "overruns": sum(v["overruns"] for v in report.values()),
+           "steps": len(rows), "rounds": rounds, "calibration": calibration, "factors": factors,
+           "noise": {ph: _summary(v) for ph, v in noise.items()}, "views": {}}
+    views = [("calibrated", "reference")] + [("raw", m) for m in ("fresh", "reference") if m in models]
+    for kind, model in views:
+        cm = models[model]
+        stage = {"prefill": [], "decode": []}
+        step = {"prefill": [], "decode": []}
+        worst = []
+        for (dev_name, phase, shape), got in samples.items():
+            a, b = by_dev[dev_name]
+            pred = cm.stage_ms(cluster.device(dev_name), a, b, phase, **dict(shape))
+            med = statistics.median(got[kind])
+            stage[phase].append((pred - med) / med)
+            step[phase] += [(pred - m) / m for m in got[kind]]
+            worst.append((round(abs(pred - med) / med, 3), dev_name, phase, dict(shape),
+                          round(pred, 2), round(med, 2)))
+        out["views"][f"{kind} vs {model}"] = {
+            "stage": {ph: _summary([abs(x) for x in v], v) for ph, v in stage.items()},
+            "step": {ph: _summary([abs(x) for x in v], v) for ph, v in step.items()},
+            "worst": sorted(worst, key=lambda w: -w[0])[:3]}
+    return out
 
 
 def _table(title: str, errs: dict) -> None:
@@ -173,10 +210,17 @@ def main(argv=None) -> None:
                    help="skip part 1 (no fresh profile; part 2 uses the reference only)")
     p.add_argument("--skip-runtime", action="store_true", help="skip part 3 (worker processes)")
     p.add_argument("--save-profile", metavar="FILE", help="also save part 1's fresh profile")
+    p.add_argument("--profile", metavar="FILE",
+                   help="use this saved profile of this host as the fresh one (skips part 1)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the workload in part 3")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     out = {"load_avg_start": list(os.getloadavg())}
-    if not a.skip_profile:
+    fresh = None
+    if a.profile:
+        fresh = CostModel.load(a.profile)
+        out["stages_fresh"] = stage_accuracy(fresh)
+    elif not a.skip_profile:
         host = host_accuracy(a.quick)
         out["host"] = {k: v for k, v in host.items() if k != "profile"}
         fresh = CostModel.from_dict(host["profile"], "fresh profile")
@@ -187,10 +231,10 @@ def main(argv=None) -> None:
         out["stages_fresh"] = stage_accuracy(fresh)
     out["stages_reference"] = stage_accuracy(CostModel.load(), repeats=2)
     if not a.skip_runtime:
-        try:
-            out["runtime_reference"] = runtime_accuracy(CostModel.load())
-        except NotImplementedError as e:
-            out["runtime_reference"] = {"not_implemented": str(e)}
+        models = {"reference": CostModel.load()}
+        if fresh is not None:
+            models["fresh"] = fresh
+        out["runtime"] = runtime_accuracy(models, rounds=a.rounds)
     out["load_avg_end"] = list(os.getloadavg())
     if a.json:
         print(json.dumps(out, indent=1))
@@ -202,19 +246,28 @@ def main(argv=None) -> None:
         _table("1. held-out grid points, model fitted on this run's fit points:", h["holdout"])
         _table("   the shipped reference profile on this run's points (machine drift):",
                h["reference_on_fresh"])
+    if "stages_fresh" in out:
         _table("2. in-process stages [0,10) [10,20) [20,30), fresh fit:", out["stages_fresh"])
     _table("2. in-process stages [0,10) [10,20) [20,30), shipped reference profile:",
            out["stages_reference"])
-    rt = out.get("runtime_reference")
+    rt = out.get("runtime")
     if rt is None:
         print("3. runtime: skipped")
-    elif "not_implemented" in rt:
-        print(f"3. runtime: NOT IMPLEMENTED: {rt['not_implemented']}")
-    else:
-        _table(f"3. emulated devices through the runtime (reference profile; dilation "
-               f"{rt['dilation']:.1f}, {rt['steps']} steps, {rt['overruns']} overruns):",
-               {k: rt[k] for k in ("prefill", "decode")})
-        print(f"   worst steps (error, device, phase, tokens, predicted ms, measured ms): {rt['worst']}")
+        return
+    print(f"3. emulated devices through the runtime (dilation {rt['dilation']:.1f}, "
+          f"{rt['steps']} steps in {rt['rounds']} rounds, {rt['overruns']} overruns):")
+    print("   calibration factors (host ms now / reference profile's ms; prefill, decode) by round:")
+    for r, f in enumerate(rt["factors"]):
+        print(f"     round {r + 1}: " + ", ".join(f"{d} {p:.2f} {q:.2f}" for d, (p, q) in f.items()))
+    _table("   host noise: each raw step against the median of its own repeats", rt["noise"])
+    what = {"calibrated vs reference": "device time of the calibrated run vs the reference profile",
+            "raw vs fresh": "uncalibrated device time (cpu / speed) vs this host's fresh profile",
+            "raw vs reference": "uncalibrated device time (cpu / speed) vs the reference profile"}
+    for name, res in rt["views"].items():
+        _table(f"   {what[name]}, stage time (median of the rounds):", res["stage"])
+        _table("     ... single steps:", res["step"])
+        print(f"     worst stages (error, device, phase, shape, predicted ms, measured median ms): "
+              f"{res['worst']}")
 
 
 if __name__ == "__main__":

@@ -196,30 +196,51 @@ def _forward_layers(stage, h, cache, pos: int):
     return h
 
 
-def _runner(stage, p: dict):
+def _kv_base(stage, batch: int, context: int):
+    """Random K and V of ``batch`` sequences x ``context`` tokens for every layer of ``stage``
+    (attention's cost does not depend on the values). Every decode point reads views of this one
+    buffer, so that all of them can be measured interleaved (one round visits every batch size)
+    while only the largest point's KV is held: 8 layers x 16 x 2048 tokens = 0.4 GB in full."""
+    import torch
+
+    cfg = stage.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    shape = (batch, cfg.num_key_value_heads, context, head_dim)
+    gen = torch.Generator().manual_seed(0)
+    keys = [torch.randn(shape, generator=gen) for _ in stage.layers]
+    values = [torch.randn(shape, generator=gen) for _ in stage.layers]
+    return keys, values
+
+
+def _runner(stage, p: dict, kv_base=None):
     """(prepare, run, layers) for one grid point: ``run(prepare())`` is one timed repetition,
-    ``prepare`` is not timed, the time is divided by ``layers`` (1 for embed / head)."""
+    ``prepare`` is not timed, the time is divided by ``layers`` (1 for embed / head). Decode
+    points read their KV cache from ``kv_base`` (see :func:`_kv_base`; made if None)."""
     import torch
     from transformers import DynamicCache
 
     cfg, k = stage.config, len(stage.layers)
-    hidden, kvh = cfg.hidden_size, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // cfg.num_attention_heads
+    hidden = cfg.hidden_size
     none = lambda: None  # noqa: E731
     if p["op"] == "prefill_layer":
         h = torch.randn(1, p["tokens"], hidden)
         return (lambda: DynamicCache(config=cfg)), (lambda c: _forward_layers(stage, h, c, 0)), k
     if p["op"] == "decode_layer":
         B, C = p["batch"], p["context"]
+        if kv_base is None:
+            kv_base = _kv_base(stage, B, C)
+        keys, values = kv_base
+        if B > keys[0].shape[0] or C > keys[0].shape[2]:
+            raise ValueError(f"decode point {B}x{C} is larger than the shared KV buffer")
         cache = DynamicCache(config=cfg)
-        for i in range(stage.start, stage.end):
-            cache.update(torch.randn(B, kvh, C, head_dim), torch.randn(B, kvh, C, head_dim), i)
         h = torch.randn(B, 1, hidden)
 
-        def prepare():  # drop the token the previous run appended: every run sees C cached tokens
-            extra = cache.get_seq_length(stage.start) - C
-            if extra > 0:
-                cache.crop(-extra)  # transformers 5: a negative count of tokens to remove
+        def prepare():  # every run sees exactly C cached tokens: views of the shared buffer
+            for j, i in enumerate(range(stage.start, stage.end)):
+                layer = cache.layers[i]
+                if not layer.is_initialized:
+                    layer.lazy_initialization(keys[j], values[j])
+                layer.keys, layer.values = keys[j][:B, :, :C], values[j][:B, :, :C]
             return cache
 
         return prepare, (lambda c: _forward_layers(stage, h, c, C)), k
@@ -243,7 +264,10 @@ def _measure_group(stage, points: list[dict], warmup: int, repeats: int, bar,
 
     import torch
 
-    runners = [_runner(stage, p) for p in points]
+    decode = [p for p in points if p["op"] == "decode_layer"]
+    kv_base = (_kv_base(stage, max(p["batch"] for p in decode), max(p["context"] for p in decode))
+               if decode else None)
+    runners = [_runner(stage, p, kv_base) for p in points]
     cpu = [[] for _ in points]
     wall = [[] for _ in points]
     order = list(range(len(points)))
@@ -297,13 +321,12 @@ def measure(grid: Grid, folder: Path | None = None, progress: bool | None = None
     n = ANATOMY.n_layers
     stage = Stage.load(n - grid.layers, n, folder)  # the last layers: also holds norm + lm_head
     points = grid.points()
-    # (points, repeats, idle gap); decode points in one group per batch size, so that only one
-    # batch size's KV caches are held at a time (at most ~0.7 GB for the full grid)
+    # (points, repeats, idle gap); all decode points in ONE interleaved group: measured in
+    # separate time windows, a drift of this machine's speed would show up as a fake
+    # dependence on the batch size
     gap = grid.idle_gap_ms
-    decode = [p for p in points if p["op"] == "decode_layer"]
-    groups = [([p for p in points if p["op"] == "prefill_layer"], grid.repeats_prefill, gap)]
-    groups += [([p for p in decode if p["batch"] == b], grid.repeats_decode, gap)
-               for b in sorted({p["batch"] for p in decode})]
+    groups = [([p for p in points if p["op"] == "prefill_layer"], grid.repeats_prefill, gap),
+              ([p for p in points if p["op"] == "decode_layer"], grid.repeats_decode, gap)]
     groups += [([p for p in points if p["op"] in ("embed", "head")], grid.repeats_small, 0.0)]
     if progress is None:
         progress = sys.stderr.isatty()

@@ -79,3 +79,34 @@ def test_cli_profile_writes_a_loadable_profile(monkeypatch, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["profile"] == str(out) and res["grid"] == "tiny"
     assert CostModel.load(out).coef == {op: tuple(c) for op, c in res["fit"].items()}
+
+
+def test_decode_points_share_one_kv_buffer_and_see_exactly_their_context(folder):
+    """Every decode run sees C cached tokens (views of one shared buffer) and computes what a
+    cache holding that same KV gives; the buffer is not modified by the runs."""
+    from transformers import DynamicCache
+
+    from e2llm_lite.profiling import _forward_layers, _kv_base, _runner
+    from e2llm_lite.stage import Stage
+
+    stage = Stage.load(28, 30, folder)
+    base = _kv_base(stage, 4, 64)
+    before = [k.clone() for k in base[0]]
+    for B, C in [(1, 16), (3, 64), (4, 40)]:
+        prepare, run, layers = _runner(stage, {"op": "decode_layer", "batch": B, "context": C}, base)
+        assert layers == 2
+        for _ in range(3):  # a run appends a token; the next prepare() drops it again
+            cache = prepare()
+            assert cache.get_seq_length(28) == C
+            out = run(cache)
+        ref = DynamicCache(config=stage.config)
+        for j, i in enumerate(range(28, 30)):
+            ref.update(base[0][j][:B, :, :C].clone(), base[1][j][:B, :, :C].clone(), i)
+        h = torch.randn(B, 1, stage.config.hidden_size)
+        a = _forward_layers(stage, h, ref, C)
+        b = _forward_layers(stage, h, prepare(), C)
+        assert out.shape == (B, 1, stage.config.hidden_size)
+        assert torch.allclose(a, b, atol=1e-5)
+    assert all(torch.equal(k, k0) for k, k0 in zip(base[0], before))
+    with pytest.raises(ValueError, match="larger than the shared KV buffer"):
+        _runner(stage, {"op": "decode_layer", "batch": 8, "context": 16}, base)

@@ -84,6 +84,48 @@ def test_kv_hand_off_between_replicas_with_different_splits(mixed, haiku_ids, re
         decode.release()
 
 
+def test_calibration_measures_this_host_and_scales_each_phase_by_it(mixed, haiku_ids,
+                                                                   reference_tokens, tokenizer):
+    from e2llm_lite.costmodel import CostModel
+
+    names = mixed.cluster.names
+    with pytest.raises(ValueError, match="holds no layers"):
+        mixed.calibrate([names[0]])
+    pipe = mixed.pipeline([(names[0], 0, 12), (names[1], 12, 30)])
+    try:
+        with pytest.raises(ValueError, match="repeats >= 1"):
+            mixed.calibrate(repeats=0)
+        cal = mixed.calibrate(tokens=32, repeats=2, idle_gap_ms=0)
+        cm = CostModel.load()
+        assert set(cal) == set(names[:2])
+        for n, (a, b) in zip(names[:2], [(0, 12), (12, 30)]):
+            pre, dec = cal[n]["prefill"], cal[n]["decode"]
+            assert pre["predicted_ms"] == pytest.approx(cm.host_stage_ms(a, b, "prefill", tokens=32))
+            assert dec["predicted_ms"] == pytest.approx(cm.host_stage_ms(a, b, "decode", context=32))
+            for c in (pre, dec):  # a real measurement of this host, within any plausible range
+                assert c["host_ms"] > 0 and c["factor"] == pytest.approx(c["host_ms"] / c["predicted_ms"])
+                assert 0.1 < c["factor"] < 10
+        mixed.free(reset_stats=True)
+        gen = pipe.generate(haiku_ids, 5, [tokenizer.eos_token_id], request=7)
+        assert gen.tokens == reference_tokens[:5]          # calibration leaves no KV behind
+        for r in mixed.timeline():  # each step's target = cpu / (speed * factor of its phase)
+            dev = mixed.cluster.device(r["device"])
+            speed = dev.prefill_speed if r["phase"] == "prefill" else dev.decode_speed
+            factor = cal[r["device"]][r["phase"]]["factor"]
+            assert r["target_ms"] == pytest.approx(r["cpu_ms"] / (speed * factor), rel=1e-6)
+        report = mixed.report()
+        assert report[names[0]]["host_factor"]["decode"] == cal[names[0]]["decode"]["factor"]
+        assert report[names[2]]["host_factor"] is None
+    finally:
+        pipe.release()
+        mixed.free(reset_stats=True)
+    pipe = mixed.pipeline([(names[0], 0, 30)])              # a new placement starts uncalibrated
+    try:
+        assert names[0] not in mixed.calibration
+    finally:
+        pipe.release()
+
+
 def test_slice_over_budget_is_refused_before_loading_weights():
     cluster = mixed_cluster(memory_mib=100.0, n=2)
     with EmulatedCluster(cluster, dilation=1.0) as rt:

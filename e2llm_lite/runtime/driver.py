@@ -66,12 +66,20 @@ class EmulatedCluster:
     dilation: the clock-stretch factor (>= 1); None picks ``auto_dilation`` for the fastest device
         at ``concurrency`` simultaneously computing workers on ``host_cores`` cores.
     timeout_s: the longest the driver waits for any single reply.
+    calibrate: if True, every stage is calibrated right after it is loaded (:meth:`calibrate`):
+        its device then runs at the speed the cost model ``costmodel`` (default: the shipped
+        reference profile) predicts, whatever this host's speed today. If False (the default) a
+        device runs at its speed relative to this host's thread as it is now.
     """
 
     def __init__(self, cluster: Cluster, dilation: float | None = None, concurrency: int = 1,
                  host_cores: int = 2, timeout_s: float = 120.0, addr: str = "127.0.0.1",
-                 port: int | None = None, spawn: bool = True):
+                 port: int | None = None, spawn: bool = True, calibrate: bool = False,
+                 costmodel=None):
         self.cluster = cluster
+        self.auto_calibrate = bool(calibrate)
+        self.costmodel = costmodel
+        self.calibration: dict[str, dict] = {}
         fastest = max(max(d.prefill_speed, d.decode_speed) for d in cluster.devices)
         self.dilation = (auto_dilation(fastest, concurrency, host_cores) if dilation is None
                          else float(dilation))
@@ -239,7 +247,49 @@ class EmulatedCluster:
         self._acks(Op.LOAD, len(stages))  # a refused LOAD leaves that worker without a stage
         for n, s in zip(names, stages):
             self.placements[n] = s
+            self.calibration.pop(n, None)
+        if self.auto_calibrate:
+            self.calibrate(names)
         return Pipeline(self, stages, ranks, name)
+
+    def calibrate(self, devices=None, tokens: int = 128, repeats: int = 7,
+                  idle_gap_ms: float = 100.0) -> dict[str, dict]:
+        """Measure how fast this host runs each placed stage now, against the cost model.
+
+        One device at a time (so that they do not disturb each other), each worker times its own
+        stage ``repeats`` times on a probe -- a prompt of ``tokens`` tokens, then one decode step
+        at that context -- after an idle gap of ``idle_gap_ms`` like a real step, and divides the
+        medians by the cost model's host predictions: ``host_factor`` > 1 means this host is
+        slower now than the profile. From then on the device runs at ``speed * host_factor`` per
+        phase, so its device times are the profile's (the planner's and simulator's) up to the
+        cost model's error and the host's step-to-step noise. Takes about 2 s per device.
+
+        Returns (and keeps in ``self.calibration``) per device: measured and predicted host ms
+        and the factor, per phase.
+        """
+        from ..costmodel import CostModel
+
+        if self.costmodel is None:
+            self.costmodel = CostModel.load()
+        cm = self.costmodel
+        names = list(self.placements) if devices is None else [
+            self.cluster.device(d).name for d in devices]
+        for n in names:
+            if n not in self.placements:
+                raise ValueError(f"device {n!r} holds no layers: place a pipeline before calibrating")
+        if tokens < 1 or repeats < 1 or not idle_gap_ms >= 0:
+            raise ValueError("calibrate needs tokens >= 1, repeats >= 1 and idle_gap_ms >= 0")
+        for n in names:
+            st = self.placements[n]
+            pred = [cm.host_stage_ms(st.start, st.end, "prefill", tokens=tokens),
+                    cm.host_stage_ms(st.start, st.end, "decode", batch=1, context=tokens)]
+            self._send(self.rank(n), Op.CALIBRATE, a=tokens, b=repeats, c=int(round(idle_gap_ms)),
+                       payload=torch.tensor(pred, dtype=torch.float64))
+            got = self._acks(Op.CALIBRATE, 1)[0].payload.tolist()
+            self.calibration[n] = {
+                "prefill": {"host_ms": got[0], "predicted_ms": pred[0], "factor": got[2]},
+                "decode": {"host_ms": got[1], "predicted_ms": pred[1], "factor": got[3]}}
+        return {n: self.calibration[n] for n in names}
 
     def free(self, request: int | None = None, reset_stats: bool = False) -> None:
         """Free a request's KV on every device (all requests if None)."""
@@ -293,6 +343,8 @@ class EmulatedCluster:
                          "decode_ms": by_phase["decode"],
                          "link_ms": sum(r["link_ms"] for r in mine),
                          "host_cpu_ms": st["compute_s"] * 1e3, "overruns": int(st["overruns"]),
+                         "host_factor": ({ph: c["factor"] for ph, c in self.calibration[name].items()}
+                                         if name in self.calibration else None),
                          "peak_mib": st["peak_bytes"] / MIB,
                          "budget_mib": self.cluster.device(name).memory_mib,
                          "bytes_sent": int(st["bytes_sent"])}

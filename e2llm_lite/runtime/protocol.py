@@ -48,6 +48,9 @@ class Op(enum.IntEnum):
     ACK = 11       # worker->driver  a=op acknowledged; payload per op (may be empty)
     ERROR = 12     # worker->driver  a=error kind (ErrorKind); payload uint8 utf-8 message
     LINKS = 13     # driver->worker  payload float64 [world, 2]: (Mbit/s, ms) from this worker to each rank
+    CALIBRATE = 14  # driver->worker a=probe tokens b=repeats c=idle gap ms; payload float64
+                    # [predicted prefill ms, predicted decode ms]; the ACK carries float64
+                    # [measured prefill ms, measured decode ms, prefill factor, decode factor]
 
 
 class ErrorKind(enum.IntEnum):

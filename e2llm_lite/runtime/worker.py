@@ -59,6 +59,7 @@ class Worker:
         self.stage = None
         self.account: MemoryAccount | None = None
         self.speeds = (1.0, 1.0)               # prefill, decode (relative to one host thread)
+        self.host_factor = (1.0, 1.0)          # this host's ms / the cost model's ms (calibration)
         self.next_rank = 0
         self.home_rank = 0
         self.trace: list[list[float]] = []
@@ -130,6 +131,7 @@ class Worker:
         self.stage = None
         self.stage = Stage.load(m.a, m.b)
         self.account, self.speeds = account, (prefill_speed, decode_speed)
+        self.host_factor = (1.0, 1.0)
         self.next_rank, self.home_rank = m.c, m.d
         self._warm_up()
         self.send(0, Op.ACK, a=int(Op.LOAD), b=self.stage.weight_bytes)
@@ -143,6 +145,35 @@ class Worker:
             self.stage(x[:, :1], request_id=-1)
         self.stage.free(-1)
 
+    def on_calibrate(self, m: Message) -> None:
+        """Time this stage on a probe (a prompt of ``m.a`` tokens, then one decode step at that
+        context), ``m.b`` times, each run after an idle gap of ``m.c`` ms like a real step; the
+        medians divided by the cost model's predictions (the payload) become ``host_factor``:
+        how much slower (> 1) or faster this host runs now than the profile says. Later steps
+        run at ``speed * host_factor`` so that their device time is what the profile predicts
+        for the device, whatever this host's speed today."""
+        if self.stage is None:
+            raise ValueError(f"device {self.name!r} has no layers loaded")
+        predicted = m.payload.tolist()
+        if len(predicted) != 2 or not all(p > 0 for p in predicted) or m.a < 1 or m.b < 1:
+            raise ValueError(f"bad calibration request: tokens={m.a} repeats={m.b} "
+                             f"predicted={predicted}")
+        x = (torch.tensor([[100 + i % 1000 for i in range(m.a)]]) if self.stage.first
+             else torch.zeros(1, m.a, self.stage.anatomy.hidden))
+        times = ([], [])
+        rid = -2
+        for _ in range(m.b):
+            for phase, inp in enumerate((x, x[:, :1])):
+                time.sleep(m.c / 1e3)
+                c0 = time.thread_time()
+                self.stage(inp, request_id=rid)
+                times[phase].append((time.thread_time() - c0) * 1e3)
+            self.stage.free(rid)
+        measured = [float(np.median(t)) for t in times]
+        self.host_factor = (measured[0] / predicted[0], measured[1] / predicted[1])
+        self.send(0, Op.ACK, a=int(Op.CALIBRATE),
+                  payload=torch.tensor([*measured, *self.host_factor], dtype=torch.float64))
+
     def on_fwd(self, m: Message) -> None:
         if self.stage is None:
             raise ValueError(f"device {self.name!r} has no layers loaded")
@@ -152,7 +183,7 @@ class Worker:
         x = m.payload
         try:
             out = self.throttle.run(lambda: self.stage(x, request_id=m.request),
-                                    self.speeds[m.d])
+                                    self.speeds[m.d] * self.host_factor[m.d])
         except BaseException:
             self.account.kv_tokens[m.request] -= tokens
             raise
