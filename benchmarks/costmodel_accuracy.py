@@ -8,18 +8,24 @@
    prompt and decode steps; their measured CPU time (one thread) is compared with
    ``CostModel.host_stage_ms`` — checks that stage time = sum of layers + ends.
 3. **Emulated devices through the runtime.** Worker processes throttled to catalog devices run a
-   pipeline; each step's device time (from the runtime's timeline) is compared with
-   ``CostModel.stage_ms(device, ...)``.
+   pipeline for several rounds, calibrated against the reference profile
+   (``EmulatedCluster(calibrate=True)``, re-calibrated every round); each step's device time
+   (from the runtime's timeline) is compared with ``CostModel.stage_ms(device, ...)``: the
+   calibrated time against the reference profile, and the uncalibrated time (host CPU time /
+   catalog speed, from the same steps) against this run's fresh profile and the reference.
 
 Goal: median relative error <= 10 % in each. Errors are |predicted - measured| / measured;
-``bias`` is the median of the signed error (negative: the model predicts too little).
+``bias`` is the median of the signed error (negative: the model predicts too little). "Stage time"
+errors compare the median over the rounds of each distinct step with its prediction; "single
+steps" add the host's step-to-step noise.
 
-    .venv/bin/python benchmarks/costmodel_accuracy.py [--quick] [--skip-profile] [--skip-runtime] [--json]
+    .venv/bin/python benchmarks/costmodel_accuracy.py [--quick] [--skip-profile] [--skip-runtime]
+        [--profile FILE] [--rounds N] [--save-profile FILE] [--json]
 
 Wall-clock work on a shared 2-core machine is noisy: run it when the machine is quiet (the load
-averages are printed). Parts 2 and 3 depend on the machine's state more than part 1: a step that
-follows a pause runs 0-30 % slower on the reference virtual machine, by an amount that varies
-from run to run (see e2llm_lite/profiling.py), so expect 5-10 % of run-to-run variation there.
+averages are printed). The host's speed drifts by 20-30 % between hours on the reference virtual
+machine, which is why part 3 is calibrated and why "uncalibrated vs reference" measures the
+machine's drift more than the model's error.
 """
 
 from __future__ import annotations

@@ -51,6 +51,8 @@ def _load_cluster(args):
 def cmd_generate(args) -> dict:
     if args.cluster or args.devices is not None:
         return _generate_emulated(args)
+    if args.calibrate:
+        raise ValueError("--calibrate applies to emulated devices: add --cluster or --devices")
     from .generation import generate_text
 
     ranges = _ranges(args)
@@ -88,7 +90,13 @@ def _generate_emulated(args) -> dict:
             raise ValueError("--external needs MASTER_PORT (and MASTER_ADDR) in the environment")
         net = {"spawn": False, "addr": os.environ.get("MASTER_ADDR", "127.0.0.1"),
                "port": int(os.environ["MASTER_PORT"])}
-    with EmulatedCluster(cluster, dilation=args.dilation, **net) as rt:
+    cm = None
+    if args.calibrate:
+        from .costmodel import CostModel
+
+        cm = CostModel.load(args.calibrate if isinstance(args.calibrate, str) else None)
+    with EmulatedCluster(cluster, dilation=args.dilation, calibrate=cm is not None, costmodel=cm,
+                         **net) as rt:
         pipe = rt.pipeline(stages)
         gen = pipe.generate(ids, args.max_new_tokens, [tok.eos_token_id], free=False)
         report = rt.report()
@@ -117,7 +125,10 @@ def _generate_emulated(args) -> dict:
         for n, d in out["devices"].items():
             print(f"  {n:>14s} layers {d['layers']}: prefill {d['prefill_ms']:.0f} ms, decode "
                   f"{d['decode_ms']:.0f} ms, links {d['link_ms']:.1f} ms, peak {d['peak_mib']:.0f}/"
-                  f"{d['budget_mib']:.0f} MiB", file=sys.stderr)
+                  f"{d['budget_mib']:.0f} MiB" + (
+                      f", host x{d['host_factor']['prefill']:.2f} prefill / "
+                      f"x{d['host_factor']['decode']:.2f} decode" if d.get("host_factor") else ""),
+                  file=sys.stderr)
     return out
 
 
@@ -308,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--devices", type=int, help="run on N emulated default devices (speed 1.0)")
     g.add_argument("--dilation", type=float, default=None,
                    help="clock dilation factor (default: automatic from the fastest device)")
+    g.add_argument("--calibrate", nargs="?", const=True, default=None, metavar="PROFILE",
+                   help="calibrate each device against the cost model (the reference profile, or "
+                   "PROFILE): devices then run at the speeds the planner and simulator assume, "
+                   "whatever this host's speed today (about 2 s per device)")
     g.add_argument("--external", action="store_true",
                    help="do not spawn workers: wait for `e2llm-lite worker` processes (ranks "
                    "1..N, device i = rank i+1) at MASTER_ADDR:MASTER_PORT")

@@ -10,8 +10,11 @@ virtual machine) spreads over all points instead of bending the measured curve:
 * ``prefill_layer(tokens)``: a prompt of ``tokens`` tokens from an empty KV cache through a stage
   of ``layers`` consecutive decoder layers, divided by ``layers`` -> ms per layer.
 * ``decode_layer(batch, context)``: one new token for each of ``batch`` sequences whose KV caches
-  already hold ``context`` tokens (filled with random K/V of the right shape: attention's cost
-  does not depend on the values), through the same layers, per layer. This is a *batched*
+  already hold ``context`` tokens (random K/V of the right shape -- attention's cost does not
+  depend on the values -- read as views of one shared buffer, so that ALL decode points are
+  measured in the same interleaved rounds: measured one batch size after the other, a drift of
+  a shared machine's speed between the groups showed up as a fake dependence on the batch size
+  and 15 % held-out error), through the same layers, per layer. This is a *batched*
   forward ([batch, 1, 576]) of the same decoder layers the runtime's ``Stage`` runs; with
   ``batch = 1`` it is exactly ``Stage.forward``'s work.
 * ``embed(tokens)``: the embedding lookup of ``tokens`` ids.

@@ -253,3 +253,19 @@ def test_external_workers_stop_when_the_driver_is_killed():
     finally:
         for p in [driver, *workers]:
             p.kill()
+
+
+def test_cli_generate_calibrated_reports_each_device_host_factor(capsys):
+    rc = cli.main(["generate", "--prompt", "Name a colour.", "--max-new-tokens", "3",
+                   "--devices", "2", "--dilation", "1", "--calibrate", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(out["tokens"]) == 3
+    for d in out["devices"].values():  # EmulatedCluster(calibrate=True) calibrated every stage
+        assert set(d["host_factor"]) == {"prefill", "decode"}
+        assert all(0.1 < f < 10 for f in d["host_factor"].values())
+
+
+def test_cli_calibrate_without_emulated_devices_is_one_line(capsys):
+    assert cli.main(["generate", "--prompt", "hi", "--calibrate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--calibrate applies to emulated devices" in err[0]

@@ -10,6 +10,11 @@ has passed since the step began. ``compute / speed`` is the step's time on the d
 fastest device's steps still take longer than the host needs for them. Reported times are device
 times: wall time / dilation.
 
+``speed`` is the device's catalog speed for the step's phase, relative to one host thread, times
+the worker's ``host_factor`` when the cluster was calibrated (see
+``EmulatedCluster.calibrate``): the host's ms now / the cost model's ms for a probe of the same
+stage, so that device times follow the cost model's profile instead of this host's speed today.
+
 A step whose real elapsed time already exceeds its target is an **overrun**: the emulation could
 not slow it down to the device's speed because the host was too slow (or too busy). Every run
 reports overruns; a run with overruns is not faithful.
