@@ -84,6 +84,7 @@ def test_kv_hand_off_between_replicas_with_different_splits(mixed, haiku_ids, re
         decode.release()
 
 
+@pytest.mark.filterwarnings("ignore:after calibration")  # dilation 1 here: overruns are expected
 def test_calibration_measures_this_host_and_scales_each_phase_by_it(mixed, haiku_ids,
                                                                    reference_tokens, tokenizer):
     from e2llm_lite.costmodel import CostModel
@@ -122,6 +123,14 @@ def test_calibration_measures_this_host_and_scales_each_phase_by_it(mixed, haiku
     pipe = mixed.pipeline([(names[0], 0, 30)])              # a new placement starts uncalibrated
     try:
         assert names[0] not in mixed.calibration
+    finally:
+        pipe.release()
+    fast = mixed.cluster.device(names[5])                  # a laptop: ~10x a host thread
+    assert fast.prefill_speed > 2 * mixed.dilation
+    pipe = mixed.pipeline([(fast.name, 0, 30)])
+    try:
+        with pytest.warns(RuntimeWarning, match="will overrun"):
+            mixed.calibrate(tokens=8, repeats=1, idle_gap_ms=0)
     finally:
         pipe.release()
 
@@ -255,6 +264,7 @@ def test_external_workers_stop_when_the_driver_is_killed():
             p.kill()
 
 
+@pytest.mark.filterwarnings("ignore:after calibration")  # dilation 1 here: overruns are expected
 def test_cli_generate_calibrated_reports_each_device_host_factor(capsys):
     rc = cli.main(["generate", "--prompt", "Name a colour.", "--max-new-tokens", "3",
                    "--devices", "2", "--dilation", "1", "--calibrate", "--json"])

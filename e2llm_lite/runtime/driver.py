@@ -64,7 +64,8 @@ class EmulatedCluster:
     """Worker processes emulating ``cluster``'s devices, driven from this process.
 
     dilation: the clock-stretch factor (>= 1); None picks ``auto_dilation`` for the fastest device
-        at ``concurrency`` simultaneously computing workers on ``host_cores`` cores.
+        at ``concurrency`` simultaneously computing workers on ``host_cores`` cores (margin 1.5,
+        or 2.0 with ``calibrate``: a calibrated device runs at its speed x the host factor).
     timeout_s: the longest the driver waits for any single reply.
     calibrate: if True, every stage is calibrated right after it is loaded (:meth:`calibrate`):
         its device then runs at the speed the cost model ``costmodel`` (default: the shipped
@@ -81,8 +82,10 @@ class EmulatedCluster:
         self.costmodel = costmodel
         self.calibration: dict[str, dict] = {}
         fastest = max(max(d.prefill_speed, d.decode_speed) for d in cluster.devices)
-        self.dilation = (auto_dilation(fastest, concurrency, host_cores) if dilation is None
-                         else float(dilation))
+        # calibrated devices run at speed x host factor (seen up to 1.6): more headroom
+        self.dilation = (auto_dilation(fastest, concurrency, host_cores,
+                                       margin=2.0 if calibrate else 1.5)
+                         if dilation is None else float(dilation))
         if not self.dilation >= 1.0:
             raise ValueError(f"dilation must be >= 1, got {dilation}")
         self.timeout_s = timeout_s
@@ -289,6 +292,14 @@ class EmulatedCluster:
             self.calibration[n] = {
                 "prefill": {"host_ms": got[0], "predicted_ms": pred[0], "factor": got[2]},
                 "decode": {"host_ms": got[1], "predicted_ms": pred[1], "factor": got[3]}}
+            dev = self.cluster.device(n)
+            fastest = max(dev.prefill_speed * got[2], dev.decode_speed * got[3])
+            if fastest > self.dilation:
+                import warnings
+
+                warnings.warn(f"after calibration device {n!r} runs at {fastest:.2f}x a host "
+                              f"thread, more than the dilation {self.dilation:g}: its steps will "
+                              "overrun (use a larger dilation)", RuntimeWarning, stacklevel=2)
         return {n: self.calibration[n] for n in names}
 
     def free(self, request: int | None = None, reset_stats: bool = False) -> None:
