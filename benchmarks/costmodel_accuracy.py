@@ -41,7 +41,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from e2llm_lite.costmodel import CostModel, accuracy  # noqa: E402
+from e2llm_lite.costmodel import CostModel, accuracy, phase_speed  # noqa: E402
 from e2llm_lite.profiling import FULL_GRID, QUICK_GRID, fit_profile, profile  # noqa: E402
 
 
@@ -167,8 +167,7 @@ def runtime_accuracy(models: dict[str, CostModel], prompts=(32, 96, 192, 384),
             k = seen.get((r["device"], r["request"]), 0)
             seen[(r["device"], r["request"])] = k + 1
             shape = (("batch", 1), ("context", T + k))
-        dev = cluster.device(r["device"])
-        speed = dev.prefill_speed if r["phase"] == "prefill" else dev.decode_speed
+        speed = phase_speed(cluster.device(r["device"]), r["phase"])
         got = samples.setdefault((r["device"], r["phase"], shape), {"calibrated": [], "raw": []})
         got["calibrated"].append(r["end_ms"] - r["start_ms"])
         got["raw"].append(r["cpu_ms"] / speed)

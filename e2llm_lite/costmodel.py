@@ -196,7 +196,9 @@ def _positive_int(value, what: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def _speed(device, phase: Phase) -> float:
+def phase_speed(device, phase) -> float:
+    """The device's speed for ``phase`` relative to one host thread (checked finite and > 0)."""
+    phase = Phase.of(phase)
     s = device.prefill_speed if phase is Phase.PREFILL else device.decode_speed
     if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
         raise ValueError(f"device {getattr(device, 'name', device)!r}: {phase.value}_speed must be "
@@ -332,14 +334,14 @@ class CostModel:
         :meth:`host_stage_ms` divided by the device's speed for that phase."""
         phase = Phase.of(phase)
         return self.host_stage_ms(start, end, phase, tokens=tokens, batch=batch,
-                                  context=context) / _speed(device, phase)
+                                  context=context) / phase_speed(device, phase)
 
     def compute_matrix(self, devices: Iterable, phase, *, tokens: int | None = None,
                        batch: int = 1, context: int = 0) -> np.ndarray:
         """ms of layer j on device i, shape (n_devices, n_layers): the DP's ``compute`` input."""
         phase = Phase.of(phase)
         per_layer = self.layer_ms(phase, tokens=tokens, batch=batch, context=context)
-        speeds = np.array([_speed(d, phase) for d in devices], dtype=float)
+        speeds = np.array([phase_speed(d, phase) for d in devices], dtype=float)
         return np.repeat((per_layer / speeds)[:, None], self.n_layers, axis=1)
 
     def end_extras_ms(self, devices: Iterable, phase, *, tokens: int | None = None,
@@ -348,7 +350,7 @@ class CostModel:
         ``extra_first_ms`` and ``extra_last_ms``."""
         phase = Phase.of(phase)
         shape = dict(tokens=tokens, batch=batch, context=context)
-        speeds = np.array([_speed(d, phase) for d in devices], dtype=float)
+        speeds = np.array([phase_speed(d, phase) for d in devices], dtype=float)
         return self.embed_ms(phase, **shape) / speeds, self.head_ms(phase, **shape) / speeds
 
     # ---- sizes and transfers ---------------------------------------------------------------
@@ -417,11 +419,11 @@ class CostModel:
         n = self.n_layers
         pre = self.stage_ms(device, 0, n, Phase.PREFILL, tokens=tokens)
         dec = self.stage_ms(device, 0, n, Phase.DECODE, batch=1, context=context)
-        strength = _speed(device, Phase.PREFILL) / _speed(device, Phase.DECODE)
+        strength = phase_speed(device, Phase.PREFILL) / phase_speed(device, Phase.DECODE)
         return {"device": getattr(device, "name", str(device)), "tokens": tokens,
                 "context": context,
-                "prefill_layer_ms": self.layer_ms(Phase.PREFILL, tokens=tokens) / _speed(device, Phase.PREFILL),
-                "decode_layer_ms": self.layer_ms(Phase.DECODE, batch=1, context=context) / _speed(device, Phase.DECODE),
+                "prefill_layer_ms": self.layer_ms(Phase.PREFILL, tokens=tokens) / phase_speed(device, Phase.PREFILL),
+                "decode_layer_ms": self.layer_ms(Phase.DECODE, batch=1, context=context) / phase_speed(device, Phase.DECODE),
                 "prefill_ms": pre, "decode_step_ms": dec,
                 "prefill_tokens_per_s": tokens / pre * 1e3, "decode_tokens_per_s": 1e3 / dec,
                 "strength": strength,

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -295,8 +296,6 @@ class EmulatedCluster:
             dev = self.cluster.device(n)
             fastest = max(dev.prefill_speed * got[2], dev.decode_speed * got[3])
             if fastest > self.dilation:
-                import warnings
-
                 warnings.warn(f"after calibration device {n!r} runs at {fastest:.2f}x a host "
                               f"thread, more than the dilation {self.dilation:g}: its steps will "
                               "overrun (use a larger dilation)", RuntimeWarning, stacklevel=2)

@@ -136,10 +136,15 @@ class Worker:
         self._warm_up()
         self.send(0, Op.ACK, a=int(Op.LOAD), b=self.stage.weight_bytes)
 
+    def _probe_input(self, tokens: int) -> torch.Tensor:
+        """A ``tokens``-long input for this stage: token ids on the first stage, else hidden states."""
+        if self.stage.first:
+            return torch.tensor([[100 + i % 1000 for i in range(tokens)]])
+        return torch.zeros(1, tokens, self.stage.anatomy.hidden)
+
     def _warm_up(self) -> None:
         """One prefill and two decode steps on a scratch request, so timed steps start warm."""
-        x = (torch.tensor([list(range(100, 116))]) if self.stage.first
-             else torch.zeros(1, 16, self.stage.anatomy.hidden))
+        x = self._probe_input(16)
         self.stage(x, request_id=-1)
         for _ in range(2):
             self.stage(x[:, :1], request_id=-1)
@@ -158,8 +163,7 @@ class Worker:
         if len(predicted) != 2 or not all(p > 0 for p in predicted) or m.a < 1 or m.b < 1:
             raise ValueError(f"bad calibration request: tokens={m.a} repeats={m.b} "
                              f"predicted={predicted}")
-        x = (torch.tensor([[100 + i % 1000 for i in range(m.a)]]) if self.stage.first
-             else torch.zeros(1, m.a, self.stage.anatomy.hidden))
+        x = self._probe_input(m.a)
         times = ([], [])
         rid = -2
         for _ in range(m.b):
