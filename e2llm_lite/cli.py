@@ -256,7 +256,7 @@ def cmd_plan(args) -> dict:
     from .planning import Plan, ReplicaPlanner, make_plan, workload_stats
     from .planning.evaluate import predict
     from .planning.ga import GAConfig
-    from .serving.workload import workload_from_spec
+    from .workload import workload_from_spec
 
     if not args.cluster and args.devices is None:
         raise ValueError("plan needs --cluster FILE (or a preset name: home4, mixed8, edge16)")

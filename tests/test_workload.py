@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from e2llm_lite.errors import ConfigError
-from e2llm_lite.serving.workload import (
+from e2llm_lite.workload import (
     CONTEXT_TOKENS, PROFILE_FIGURES, LengthDist, Request, Workload, load_trace,
     parse_timestamp, read_trace, request_stats, workload_from_spec)
 

@@ -101,6 +101,7 @@ import numpy as np
 from ..costmodel import CostModel
 from ..errors import ConfigError, InfeasiblePlan
 from ..model import ANATOMY, Anatomy
+from ..workload import LengthDist, Workload
 from .dp import MAX_EXACT_DEVICES, partition
 from .dp_batched import partition_arrays
 
@@ -212,14 +213,13 @@ def _effective_prompt(prompts: np.ndarray, coef, limit: int) -> tuple[int, float
 
 
 def workload_stats(workload, costmodel: CostModel | None = None, name: str | None = None) -> WorkloadStats:
-    """The :class:`WorkloadStats` of a :class:`~e2llm_lite.serving.workload.Workload`, a
-    :class:`~e2llm_lite.serving.workload.LengthDist`, or a profile name (``"code"``/``"conv"``).
+    """The :class:`WorkloadStats` of a :class:`~e2llm_lite.workload.Workload`, a
+    :class:`~e2llm_lite.workload.LengthDist`, or a profile name (``"code"``/``"conv"``).
 
     Means and the 90th percentile come from ``LengthDist.stats()`` (what the workload serves);
     ``Te`` and the prefill-time SCV from the shaped pairs (empirical) or 50,000 fixed-seed draws
     (lognormal); the arrival SCV from the workload's arrival process.
     """
-    from ..serving.workload import LengthDist, Workload  # serving imports nothing from planning
 
     cm = costmodel or CostModel.load()
     arrival_scv = 1.0
