@@ -28,10 +28,11 @@ def _parse_split(text: str) -> list[tuple[int, int]]:
 
 
 def _ranges(args) -> list[tuple[int, int]]:
-    from .stage import check_split, even_split
+    from .model import ANATOMY
+    from .split import even_split
 
     if args.split:
-        check_split(args.split)
+        ANATOMY.check_split(args.split)
         return args.split
     return even_split(args.slices)
 
@@ -69,13 +70,13 @@ def cmd_generate(args) -> dict:
 
 
 def _generate_emulated(args) -> dict:
-    from .model import chat_ids, checkpoint_dir, load_tokenizer
+    from .model import ANATOMY, chat_ids, checkpoint_dir, load_tokenizer
     from .runtime.driver import EmulatedCluster
-    from .stage import check_split, even_split
+    from .split import even_split
 
     cluster = _load_cluster(args)
     ranges = args.split or even_split(len(cluster))
-    check_split(ranges)
+    ANATOMY.check_split(ranges)
     if len(ranges) > len(cluster):
         raise ValueError(f"{len(ranges)} layer ranges but the cluster has only {len(cluster)} devices")
     folder = checkpoint_dir(progress=False)
@@ -155,7 +156,8 @@ def cmd_demo(args) -> dict:
 
     from .generation import greedy_decode, reference_generate, stages_forward
     from .model import ANATOMY, chat_ids, checkpoint_dir, load_full_model, load_tokenizer
-    from .stage import even_split, load_stages
+    from .split import even_split
+    from .stage import load_stages
 
     say = (lambda *a: None) if args.json else print
     t0 = time.perf_counter()

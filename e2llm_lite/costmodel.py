@@ -354,9 +354,9 @@ class CostModel:
         return self.embed_ms(phase, **shape) / speeds, self.head_ms(phase, **shape) / speeds
 
     # ---- sizes and transfers ---------------------------------------------------------------
-    def activation_bytes(self, tokens: int) -> int:
+    def hidden_state_bytes(self, tokens: int) -> int:
         """Bytes of the hidden state one stage hands the next: ``tokens * 576 * 4``."""
-        return _positive_int(tokens, "tokens", minimum=0) * self.anatomy.act_bytes_per_token
+        return _positive_int(tokens, "tokens", minimum=0) * self.anatomy.hidden_bytes_per_token
 
     def kv_bytes(self, tokens: int, layers: int) -> int:
         """Bytes of the KV cache of ``tokens`` tokens over ``layers`` layers: ``tokens * layers * 1536``."""
@@ -373,7 +373,7 @@ class CostModel:
 
     def comm_matrix(self, cluster, nbytes: float) -> np.ndarray:
         """ms to send ``nbytes`` from device a to device b of ``cluster``, shape (n, n); the
-        diagonal is 0. With ``nbytes = activation_bytes(T)`` it is the DP's ``comm`` input."""
+        diagonal is 0. With ``nbytes = hidden_state_bytes(T)`` it is the DP's ``comm`` input."""
         n = len(cluster.devices)
         out = np.zeros((n, n))
         for a in range(n):

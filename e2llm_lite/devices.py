@@ -156,6 +156,20 @@ class DeviceSpec:
         return cls(name=name, kind=kind, **(values | overrides))
 
 
+def ms_per_byte(bandwidth_mbps):
+    """ms one byte takes on a link of ``bandwidth_mbps`` Mbit/s: ``8 / (bandwidth * 1e6) * 1e3``
+    (0 for an infinite bandwidth). Element-wise on numpy arrays."""
+    return 8.0 / (bandwidth_mbps * 1e6) * 1e3
+
+
+def transfer_ms(nbytes, latency_ms, bandwidth_mbps):
+    """**The link formula**: ms to send ``nbytes`` bytes over a link of ``latency_ms`` ms and
+    ``bandwidth_mbps`` Mbit/s, ``latency + bytes * ms_per_byte(bandwidth)``. The planner's cost
+    arrays, the cost model, the runtime's emulated links and the simulator all use this one
+    function. Element-wise on numpy arrays."""
+    return latency_ms + nbytes * ms_per_byte(bandwidth_mbps)
+
+
 @dataclass(frozen=True)
 class Link:
     """A network link: ``bandwidth_mbps`` in Mbit/s (> 0), ``latency_ms`` in ms (>= 0)."""
@@ -173,8 +187,8 @@ class Link:
         return cls(math.inf, 0.0)
 
     def transfer_ms(self, nbytes: float) -> float:
-        """Time in ms to send ``nbytes`` bytes: latency + bits / bandwidth."""
-        return self.latency_ms + nbytes * 8 / (self.bandwidth_mbps * 1e6) * 1e3
+        """Time in ms to send ``nbytes`` bytes over this link (:func:`transfer_ms`)."""
+        return transfer_ms(nbytes, self.latency_ms, self.bandwidth_mbps)
 
     def to_dict(self) -> dict:
         return {"bandwidth_mbps": self.bandwidth_mbps, "latency_ms": self.latency_ms}

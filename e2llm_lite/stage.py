@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import Anatomy, checkpoint_dir, load_config, _read_shard
+from .model import Anatomy, checkpoint_dir, load_config, read_shard
 
 
 @dataclass
@@ -62,15 +62,15 @@ class Stage(nn.Module):
         stage = cls(config, start, end)
         sd = {}
         for i in range(start, end):
-            for k, v in _read_shard(folder / f"layer_{i:02d}.safetensors").items():
+            for k, v in read_shard(folder / f"layer_{i:02d}.safetensors").items():
                 sd[f"layers.{i - start}.{k}"] = v
         if stage.first or stage.last:
-            embed = _read_shard(folder / "embed.safetensors")["weight"]
+            embed = read_shard(folder / "embed.safetensors")["weight"]
             if stage.first:
                 sd["embed_tokens.weight"] = embed
             if stage.last:
                 sd["lm_head.weight"] = embed.clone() if stage.first else embed
-                sd["norm.weight"] = _read_shard(folder / "norm.safetensors")["weight"]
+                sd["norm.weight"] = read_shard(folder / "norm.safetensors")["weight"]
         missing, unexpected = stage.load_state_dict(sd, strict=False, assign=True)
         if unexpected or any(not k.startswith("rotary_emb") for k in missing):
             raise RuntimeError(f"checkpoint does not match the stage: missing={missing}, "
@@ -213,29 +213,8 @@ class Stage(nn.Module):
         return f"layers=[{self.start}, {self.end}), first={self.first}, last={self.last}"
 
 
-def even_split(n_stages: int, n_layers: int = 30) -> list[tuple[int, int]]:
-    """``n_stages`` contiguous ranges covering ``n_layers`` layers, sizes differing by at most 1."""
-    if not isinstance(n_stages, int) or not 1 <= n_stages <= n_layers:
-        raise ValueError(f"number of stages must be an integer in 1..{n_layers}, got {n_stages!r}")
-    bounds = [round(i * n_layers / n_stages) for i in range(n_stages + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def check_split(ranges: list[tuple[int, int]], n_layers: int = 30) -> None:
-    """Raise ``ValueError`` unless ``ranges`` are contiguous, non-empty and cover 0..n_layers."""
-    if not ranges:
-        raise ValueError("a split needs at least one layer range")
-    expect = 0
-    for a, b in ranges:
-        if a != expect or b <= a:
-            raise ValueError(f"layer ranges {ranges} must be contiguous and non-empty, starting at 0")
-        expect = b
-    if expect != n_layers:
-        raise ValueError(f"layer ranges {ranges} end at {expect}, not at {n_layers}")
-
-
 def load_stages(ranges: list[tuple[int, int]], folder: Path | None = None) -> list[Stage]:
     """Load one in-process ``Stage`` per range (a single-process pipeline)."""
     folder = folder or checkpoint_dir()
-    check_split(ranges, Anatomy.from_config(load_config(folder)).n_layers)
+    Anatomy.from_config(load_config(folder)).check_split(ranges)
     return [Stage.load(a, b, folder) for a, b in ranges]

@@ -93,8 +93,8 @@ def test_stage_sums_its_layers_and_adds_embedding_and_head_at_the_ends(cm):
 
 
 def test_transfer_sizes_and_times(cm):
-    assert cm.activation_bytes(1) == 576 * 4
-    assert cm.activation_bytes(37) == 37 * 576 * 4
+    assert cm.hidden_state_bytes(1) == 576 * 4
+    assert cm.hidden_state_bytes(37) == 37 * 576 * 4
     assert cm.kv_bytes(100, 10) == 100 * 10 * 1536
     assert cm.kv_bytes(512, 30) == 23_592_960
     link = Link(bandwidth_mbps=100.0, latency_ms=3.0)
@@ -114,7 +114,7 @@ def test_array_builders_for_the_planner(cm):
     assert np.allclose(last, cm.head_ms("decode", context=10) / np.array([1.0, 0.5, 2.0]))
     assert np.allclose(first, cm.embed_ms("decode", context=10) / np.array([1.0, 0.5, 2.0]))
     cluster = preset("home4")
-    comm = cm.comm_matrix(cluster, cm.activation_bytes(100))
+    comm = cm.comm_matrix(cluster, cm.hidden_state_bytes(100))
     assert comm.shape == (4, 4) and np.all(np.diag(comm) == 0) and np.allclose(comm, comm.T)
     assert comm[0, 1] == pytest.approx(cluster.link(0, 1).transfer_ms(100 * 2304))
 
@@ -134,7 +134,7 @@ def test_array_builders_for_the_planner(cm):
     (lambda m: m.layer_ms("decode", context=8192), "context"),
     (lambda m: m.host_stage_ms(5, 5, "prefill", tokens=4), "slice"),
     (lambda m: m.host_stage_ms(0, 31, "prefill", tokens=4), "slice"),
-    (lambda m: m.activation_bytes(-1), "tokens"),
+    (lambda m: m.hidden_state_bytes(-1), "tokens"),
     (lambda m: m.kv_bytes(4, -1), "layers"),
     (lambda m: m.transfer_ms(Link(10, 1), -5), "nbytes"),
     (lambda m: m.transfer_ms(Link(10, 1), math.nan), "nbytes"),

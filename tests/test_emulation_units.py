@@ -6,7 +6,7 @@ import pytest
 
 from e2llm_lite.errors import DeviceOOM
 from e2llm_lite.model import ANATOMY
-from e2llm_lite.runtime.memory import MIB, MemoryAccount
+from e2llm_lite.memory import MIB, MemoryLedger
 from e2llm_lite.runtime.throttle import Throttle, auto_dilation
 
 
@@ -42,12 +42,12 @@ def test_auto_dilation_keeps_the_fastest_device_below_the_host():
 
 
 def test_memory_ledger_refuses_weights_and_kv_exactly_at_the_budget():
-    acc = MemoryAccount("pi", 136 * MIB, 10, 20)
+    acc = MemoryLedger("pi", 136 * MIB, 10, 20)
     assert acc.weight_bytes == 10 * ANATOMY.layer_bytes
     acc.check_weights()                                    # 135.04 MiB fits 136
     with pytest.raises(DeviceOOM, match="'pi'.*budget is 136.0 MiB"):
         acc.reserve(1, 64)
-    acc = MemoryAccount("pi", 140 * MIB, 10, 20)
+    acc = MemoryLedger("pi", 140 * MIB, 10, 20)
     per_tok = 10 * 1536
     room = 140 * MIB - acc.weight_bytes
     n = 0
@@ -56,6 +56,6 @@ def test_memory_ledger_refuses_weights_and_kv_exactly_at_the_budget():
             acc.reserve(1, 1)
             n += 1
     assert acc.kv_bytes == n * per_tok
-    assert n * per_tok + acc.activation_bytes(1) <= room < (n + 1) * per_tok + acc.activation_bytes(1)
+    assert n * per_tok + acc.working_bytes(1) <= room < (n + 1) * per_tok + acc.working_bytes(1)
     with pytest.raises(DeviceOOM, match="layers \\[0,30\\)"):
-        MemoryAccount("tiny", 500 * MIB, 0, 30).check_weights()
+        MemoryLedger("tiny", 500 * MIB, 0, 30).check_weights()

@@ -10,7 +10,8 @@ from e2llm_lite import cli
 from e2llm_lite.errors import WeightsNotInstalled
 from e2llm_lite.generation import greedy_decode, stages_forward
 from e2llm_lite.model import ANATOMY, Anatomy, chat_ids, find_gguf, load_config
-from e2llm_lite.stage import Stage, even_split, load_stages
+from e2llm_lite.split import even_split
+from e2llm_lite.stage import Stage, load_stages
 
 SPLITS = {
     1: [(0, 30)],

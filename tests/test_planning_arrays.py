@@ -33,7 +33,7 @@ def test_prefill_arrays_match_the_cost_model(cm, home4):
         assert whole == pytest.approx(cm.stage_ms(dev, 0, L, "prefill", tokens=512))
         assert a.device_mem[i] == dev.memory_mib * MIB
     # transfers: the hidden state of 512 tokens over the pair's link, zero diagonal
-    nbytes = 512 * ANATOMY.act_bytes_per_token
+    nbytes = 512 * ANATOMY.hidden_bytes_per_token
     assert a.comm[0, 1] == pytest.approx(home4.link(0, 1).transfer_ms(nbytes))
     assert a.comm[0, 3] == pytest.approx(home4.link(0, 3).transfer_ms(nbytes))
     assert np.all(np.diag(a.comm) == 0)
@@ -49,7 +49,7 @@ def test_prefill_arrays_match_the_cost_model(cm, home4):
 def test_decode_arrays_and_kv_tokens(cm, home4):
     a = dp_arrays(home4, cm, "decode", batch=2, context=100)
     assert a.layer_mem[0] == ANATOMY.layer_bytes + 2 * 101 * ANATOMY.kv_bytes_per_token_layer
-    assert a.comm[0, 1] == pytest.approx(home4.link(0, 1).transfer_ms(2 * ANATOMY.act_bytes_per_token))
+    assert a.comm[0, 1] == pytest.approx(home4.link(0, 1).transfer_ms(2 * ANATOMY.hidden_bytes_per_token))
     assert a.compute[1, 0] == pytest.approx(
         cm.layer_ms("decode", batch=2, context=100) / home4.devices[1].decode_speed)
     w = dp_arrays(home4, cm, "decode", batch=2, context=100, kv_tokens=0)

@@ -91,7 +91,7 @@ def dp_arrays(cluster, cm, phase, *, tokens: int | None = None, batch: int = 1, 
     compute = cm.compute_matrix(devices, phase, **shape)  # also validates the shape
     first_ms, last_ms = cm.end_extras_ms(devices, phase, **shape)
     moved = tokens if phase is Phase.PREFILL else batch
-    comm = cm.comm_matrix(cluster, cm.activation_bytes(moved))
+    comm = cm.comm_matrix(cluster, cm.hidden_state_bytes(moved))
     if kv_tokens is None:
         kv_tokens = tokens if phase is Phase.PREFILL else batch * (context + 1)
     if isinstance(kv_tokens, bool) or not isinstance(kv_tokens, (int, np.integer)) or kv_tokens < 0:

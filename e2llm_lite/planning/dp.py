@@ -27,7 +27,8 @@ stay unused, and a stage's memory need (its layers + the extras it carries) must
 
     time(stage s) = sum_{j in s} compute[dev_s, j]  (+ extras)  +  comm[dev_s, dev_{s+1}]
 
-with no transfer after the last stage. ``objective="bottleneck"`` minimises
+with no transfer after the last stage (:func:`e2llm_lite.split.stage_times`, the one copy of this
+formula). ``objective="bottleneck"`` minimises
 ``max_s time(s)`` (the pipeline's steady-state period, E2LLM's objective);
 ``objective="latency"`` minimises ``sum_s time(s)`` (one request's trip through the pipeline).
 
@@ -91,7 +92,8 @@ from typing import Sequence
 
 import numpy as np
 
-from e2llm_lite.errors import InfeasiblePlan
+from ..errors import InfeasiblePlan
+from ..split import check_split, stage_times
 
 __all__ = [
     "MAX_EXACT_DEVICES",
@@ -445,40 +447,23 @@ def _heuristic(p: _Problem, T: np.ndarray, size: int) -> list[tuple[int, int, in
 
 def _evaluate(p: _Problem, stages, exact: bool) -> Partition:
     """Check ``stages`` against problem ``p`` and return the Partition with its true times."""
-    n, L = p.n_devices, p.n_layers
+    n = p.n_devices
     stages = tuple((int(d), int(s), int(e)) for d, s, e in stages)
-    if not stages:
-        raise ValueError("a plan needs at least one stage")
-    devices = [d for d, _, _ in stages]
-    if len(set(devices)) != len(devices):
-        raise ValueError(f"a device hosts more than one stage: {devices}")
-    expected_start = 0
-    for d, s, e in stages:
+    check_split(stages, p.n_layers)
+    for i, (d, s, e) in enumerate(stages):
         if not 0 <= d < n:
             raise ValueError(f"device index {d} out of range 0..{n - 1}")
-        if s != expected_start or e <= s:
-            raise ValueError(f"stages must be contiguous, non-empty and start at 0: {stages}")
-        expected_start = e
-    if expected_start != L:
-        raise ValueError(f"stages cover layers 0..{expected_start}, not 0..{L}: {stages}")
-    times = []
-    for i, (d, s, e) in enumerate(stages):
         need = float(p.layer_mem[s:e].sum())
-        t = float(p.compute[d, s:e].sum())
         if i == 0:
             need += p.extra_first_mem
-            t += float(p.extra_first_ms[d])
         if i == len(stages) - 1:
             need += p.extra_last_mem
-            t += float(p.extra_last_ms[d])
-        else:
-            t += float(p.comm[d, stages[i + 1][0]])
         if need > p.device_mem[d]:
             raise InfeasiblePlan(
                 f"stage {i} (layers {s}..{e - 1}) needs {need:.6g} bytes but device {d} "
                 f"has {p.device_mem[d]:.6g}"
             )
-        times.append(t)
+    times = stage_times(stages, p.compute, p.extra_first_ms, p.extra_last_ms, p.comm)
     cost = max(times) if p.objective == "bottleneck" else float(sum(times))
     return Partition(stages, cost, tuple(times), p.objective, exact)
 

@@ -88,6 +88,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..split import kv_handoff_ms
+
 __all__ = [
     "OBJECTIVES",
     "PENALTY_S",
@@ -207,23 +209,9 @@ def kv_handoff_s(prefill, decoder, cluster, tokens: float, kv_bytes_per_token_la
     """Seconds to move one ``tokens``-token prompt's KV from replica ``prefill`` to ``decoder``
     (ReplicaPlans) over ``cluster``'s links (module docstring: sources in parallel, each sending
     its pieces one after another)."""
-    def holder(rp):
-        out = {}
-        for dev, s, e in rp.stages:
-            for layer in range(s, e):
-                out[layer] = dev
-        return out
-
-    src, dst = holder(prefill), holder(decoder)
-    pieces: dict[tuple[str, str], int] = {}
-    for layer, a in src.items():
-        b = dst[layer]
-        pieces[(a, b)] = pieces.get((a, b), 0) + 1
-    per_source: dict[str, float] = {}
-    for (a, b), layers in pieces.items():
-        ms = 0.0 if a == b else cluster.link(a, b).transfer_ms(tokens * layers * kv_bytes_per_token_layer)
-        per_source[a] = per_source.get(a, 0.0) + ms
-    return max(per_source.values()) / 1e3
+    ms = kv_handoff_ms(prefill.stages, decoder.stages, lambda a, b, n: cluster.link(a, b).transfer_ms(n),
+                       tokens, kv_bytes_per_token_layer)
+    return ms / 1e3
 
 
 def predict(replicas: Sequence, stats, rate: float, *, objective: str = "waiting",

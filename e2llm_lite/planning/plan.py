@@ -159,12 +159,10 @@ class Plan:
         if not self.replicas:
             raise ConfigError("the plan has no replicas")
         seen: dict[str, str] = {}
-        L = anatomy.n_layers
         for r in self.replicas:
             if r.role not in ROLES:
                 raise ConfigError(f"replica {r.name}: role must be one of {', '.join(ROLES)}, got {r.role!r}")
-            expected = 0
-            for dev, s, e in r.stages:
+            for dev, _, _ in r.stages:
                 if dev not in names:
                     raise ConfigError(f"replica {r.name} uses device {dev!r}, which {where} does not "
                                       f"have (its devices: {', '.join(cluster.names)})")
@@ -172,13 +170,10 @@ class Plan:
                     raise ConfigError(f"device {dev!r} appears twice (replica {seen[dev]} and replica "
                                       f"{r.name}); a device serves one stage of one replica")
                 seen[dev] = r.name
-                if s != expected or e <= s:
-                    raise ConfigError(f"replica {r.name}: layer ranges must be contiguous and non-empty "
-                                      f"from 0, got {[(d, a, b) for d, a, b in r.stages]}")
-                expected = e
-            if expected != L:
-                raise ConfigError(f"replica {r.name}: layer ranges cover 0..{expected}, not the "
-                                  f"model's 0..{L}")
+            try:
+                anatomy.check_split(r.stages)
+            except ValueError as exc:
+                raise ConfigError(f"replica {r.name}: {exc}") from None
             for dev, s, e in r.stages:
                 need = stage_need_bytes(s, e, r.kv_tokens, r.act_tokens, r.logit_rows, anatomy)
                 have = cluster.device(dev).memory_mib * MIB

@@ -471,7 +471,7 @@ class ReplicaPlanner:
         self._pre_layer = self.cm.layer_ms("prefill", tokens=st.prefill_tokens)
         self._pre_embed = self.cm.embed_ms("prefill", tokens=st.prefill_tokens)
         self._pre_head = self.cm.head_ms("prefill", tokens=st.prefill_tokens)
-        self._pre_act = self.cm.activation_bytes(max(1, int(round(st.mean_prompt))))
+        self._pre_act = self.cm.hidden_state_bytes(max(1, int(round(st.mean_prompt))))
         self._dec_cache: dict[int, tuple[float, float, float]] = {}
         self._sig_cache: dict = {}
         self._caps: dict = {}
@@ -497,7 +497,7 @@ class ReplicaPlanner:
             speed, nbytes = self.speed_p[idx], self._pre_act
         else:
             layer, emb, head = self._dec(batch)
-            speed, nbytes = self.speed_d[idx], self.cm.activation_bytes(batch)
+            speed, nbytes = self.speed_d[idx], self.cm.hidden_state_bytes(batch)
         per = layer / speed
         comm = self.lat_ms[np.ix_(idx, idx)] + nbytes * self.ms_per_byte[np.ix_(idx, idx)]
         return np.repeat(per[:, None], L, axis=1), emb / speed, head / speed, comm

@@ -32,9 +32,9 @@ from ..devices import Cluster
 from ..errors import DeviceOOM, E2LLMError, WorkerDied
 from ..generation import Generation, greedy_decode
 from ..model import ANATOMY
-from .protocol import ErrorKind, Op, Receiver, make_group, send, text_payload
+from ..split import kv_pieces
+from .protocol import STATS_COLS, TRACE_COLS, ErrorKind, Op, Receiver, make_group, send, text_payload
 from .throttle import auto_dilation
-from .worker import STATS_COLS, TRACE_COLS
 
 MIB = 2 ** 20
 
@@ -231,13 +231,9 @@ class EmulatedCluster:
     # ---- placing and running -------------------------------------------------------------------
     def pipeline(self, stages, name: str = "pipeline") -> "Pipeline":
         """Load a replica: ``stages`` = [(device, start, end), ...] in pipeline order."""
-        from ..stage import check_split
-
         stages = [StagePlacement(*s) if not isinstance(s, StagePlacement) else s for s in stages]
-        check_split([(s.start, s.end) for s in stages])
         names = [self.cluster.device(s.device).name for s in stages]
-        if len(set(names)) != len(names):
-            raise ValueError(f"a device may hold only one stage of a pipeline: {names}")
+        ANATOMY.check_split([(n, s.start, s.end) for n, s in zip(names, stages)])
         busy = [n for n in names if n in self.placements]
         if busy:
             raise ValueError(f"devices {busy} already hold layers of another pipeline")
@@ -313,14 +309,12 @@ class EmulatedCluster:
         Each layer's KV goes to the device that holds that layer in ``dst`` (whose split may
         differ); returns the bytes moved.
         """
-        moved = pieces = 0
-        for s_rank, s in zip(src.ranks, src.stages):
-            for d_rank, d in zip(dst.ranks, dst.stages):
-                a, b = max(s.start, d.start), min(s.end, d.end)
-                if a < b:
-                    self._send(s_rank, Op.KV_SEND, request=request, a=a, b=b, c=d_rank)
-                    pieces += 1
-        for msg in self._acks(Op.KV_PUT, pieces):
+        moved = 0
+        pieces = kv_pieces([(r, s.start, s.end) for r, s in zip(src.ranks, src.stages)],
+                           [(r, d.start, d.end) for r, d in zip(dst.ranks, dst.stages)])
+        for s_rank, d_rank, a, b in pieces:
+            self._send(s_rank, Op.KV_SEND, request=request, a=a, b=b, c=d_rank)
+        for msg in self._acks(Op.KV_PUT, len(pieces)):
             moved += (msg.c - msg.b) * msg.d * ANATOMY.kv_bytes_per_token_layer
         if free_src:
             for r in src.ranks:

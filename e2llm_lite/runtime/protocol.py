@@ -24,6 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+#: Columns of a worker's step trace (one row per step; times in wall s, link in device s).
+TRACE_COLS = ("request", "phase", "tokens", "start", "end", "cpu_s", "target_s", "overrun",
+              "link_s")
+#: Columns of a worker's counters (``Op.STATS``; s, bytes, counts).
+STATS_COLS = ("compute_s", "sleep_s", "steps", "overruns", "bytes_sent", "bytes_received",
+              "peak_bytes", "weight_bytes", "kv_bytes", "kv_bytes_real", "link_s", "dilation",
+              "weights_loaded")
+
 HEADER_LEN = 16
 MAX_DIMS = 7
 TAG = 0

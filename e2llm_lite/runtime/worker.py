@@ -13,6 +13,7 @@ answers.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -24,17 +25,13 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # torch's C++ stack dumps
 import numpy as np
 import torch
 
+from ..devices import transfer_ms
 from ..errors import DeviceOOM
-from .memory import MemoryAccount
-from .protocol import ErrorKind, Message, Op, make_group, recv, send, text_payload
+from ..memory import MemoryLedger
+from .protocol import STATS_COLS, TRACE_COLS, ErrorKind, Message, Op, make_group, recv, send, text_payload
 from .throttle import Throttle
 
 PHASES = ("prefill", "decode")
-TRACE_COLS = ("request", "phase", "tokens", "start", "end", "cpu_s", "target_s", "overrun",
-              "link_s")
-STATS_COLS = ("compute_s", "sleep_s", "steps", "overruns", "bytes_sent", "bytes_received",
-              "peak_bytes", "weight_bytes", "kv_bytes", "kv_bytes_real", "link_s", "dilation",
-              "weights_loaded")
 
 
 def _die_with_parent() -> None:
@@ -57,7 +54,7 @@ class Worker:
         self.throttle = Throttle()
         self.links = np.zeros((world, 2))      # (Mbit/s, ms) to each rank; 0 Mbit/s = free
         self.stage = None
-        self.account: MemoryAccount | None = None
+        self.account: MemoryLedger | None = None
         self.speeds = (1.0, 1.0)               # prefill, decode (relative to one host thread)
         self.host_factor = (1.0, 1.0)          # this host's ms / the cost model's ms (calibration)
         self.next_rank = 0
@@ -82,7 +79,7 @@ class Worker:
         bw, lat = self.links[dst]
         if dst == self.rank or (bw <= 0 and lat <= 0):
             return 0.0
-        seconds = lat / 1e3 + (nbytes * 8 / (bw * 1e6) if bw > 0 else 0.0)
+        seconds = transfer_ms(nbytes, lat, bw if bw > 0 else math.inf) / 1e3
         self.throttle.delay(seconds)
         self.link_s += seconds
         return seconds
@@ -126,7 +123,7 @@ class Worker:
         from ..stage import Stage
 
         prefill_speed, decode_speed, budget = m.payload.tolist()
-        account = MemoryAccount(self.name, int(budget), m.a, m.b)
+        account = MemoryLedger(self.name, int(budget), m.a, m.b)
         account.check_weights()                     # refuse before reading a single weight
         self.stage = None
         self.stage = Stage.load(m.a, m.b)
@@ -189,7 +186,7 @@ class Worker:
             out = self.throttle.run(lambda: self.stage(x, request_id=m.request),
                                     self.speeds[m.d] * self.host_factor[m.d])
         except BaseException:
-            self.account.kv_tokens[m.request] -= tokens
+            self.account.release(m.request, tokens)
             raise
         last = self.throttle.last
         if self.stage.last:
