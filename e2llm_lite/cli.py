@@ -256,7 +256,7 @@ def cmd_plan(args) -> dict:
     """Plan replicas (devices, roles, layer ranges) for a workload and rate, or --check a plan file."""
     from .costmodel import CostModel
     from .planning import Plan, ReplicaPlanner, make_plan, workload_stats
-    from .planning.evaluate import predict
+    from .planning.queueing import predict
     from .planning.ga import GAConfig
     from .workload import workload_from_spec
 

@@ -13,6 +13,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from .model import chat_ids, checkpoint_dir, load_tokenizer
+from .stage import load_stages
+
 ForwardFn = Callable[[list[int]], "torch.Tensor | int"]
 
 
@@ -111,9 +114,6 @@ def generate_text(prompt: str, max_new_tokens: int = 32, ranges=None, folder=Non
 
     A convenience for notebooks and the CLI; ``Generation.text`` holds the decoded answer.
     """
-    from .model import checkpoint_dir, chat_ids, load_tokenizer
-    from .stage import load_stages
-
     folder = folder or checkpoint_dir()
     tok = load_tokenizer(folder)
     ids = chat_ids(tok, prompt)

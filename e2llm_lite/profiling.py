@@ -65,6 +65,7 @@ from pathlib import Path
 from .costmodel import (FORMS, N_COEF, PROFILE_FORMAT, PROFILE_VERSION, CostModel, accuracy,
                         fit_op, validate_profile)
 from .errors import ConfigError
+from .model import ANATOMY
 
 
 @dataclass(frozen=True)
@@ -312,8 +313,7 @@ def measure(grid: Grid, folder: Path | None = None, progress: bool | None = None
     import torch
     from tqdm import tqdm
 
-    from .model import ANATOMY
-    from .stage import Stage
+    from .stage import Stage  # torch-side: loaded only when measuring
 
     if not 1 <= grid.layers <= ANATOMY.n_layers:
         raise ValueError(f"grid.layers must be in 1..{ANATOMY.n_layers}, got {grid.layers}")

@@ -8,8 +8,8 @@ import pytest
 
 from e2llm_lite.devices import make_cluster, preset
 from e2llm_lite.planning import SearchProblem, baselines, exhaustive_search, make_plan, random_search
-from e2llm_lite.planning.ga import GAConfig, decode, encode, ga_search, random_grouping
-from e2llm_lite.planning.search import canonical
+from e2llm_lite.planning.ga import GAConfig, decode, encode, ga_search
+from e2llm_lite.planning.problem import canonical, random_grouping
 from e2llm_lite.planning.synthetic import synthetic_cluster
 
 import numpy as np
@@ -59,7 +59,8 @@ def test_ga_is_reproducible():
     runs = []
     for _ in range(2):
         p = SearchProblem(cluster, "conv", 2.5)
-        runs.append(ga_search(p, GAConfig(population=20, patience=10), seed=7, progress=False))
+        runs.append(ga_search(p, GAConfig(population=20, patience=10), seed=7, progress=False,
+                              seeds=baselines.seed_groupings))
     (g1, f1, h1), (g2, f2, h2) = runs
     assert g1 == g2 and f1 == f2 and h1.best == h2.best and h1.evaluations == h2.evaluations
     assert h1.best == sorted(h1.best, reverse=True)  # best so far never gets worse
@@ -76,7 +77,7 @@ def test_ga_reaches_the_exhaustive_optimum(n, seed, workload):
     hits = 0
     for s in range(3):
         p = SearchProblem(cluster, workload, prob.rate, planner=ref.planner)
-        _, f, _ = ga_search(p, seed=s, progress=False)
+        _, f, _ = ga_search(p, seed=s, progress=False, seeds=baselines.seed_groupings)
         assert f >= opt * (1 - 1e-12)  # nothing beats the referee
         hits += same(f, opt)
     assert hits >= 2
@@ -97,9 +98,23 @@ def test_ga_at_least_as_good_as_the_baselines():
 def test_strict_roles_and_random_search():
     cluster = preset("mixed8")
     p = SearchProblem(cluster, "code", 2.0, roles=("prefill", "decoder"))
-    g, f, _ = ga_search(p, GAConfig(population=20, patience=10), seed=0, progress=False)
+    g, f, _ = ga_search(p, GAConfig(population=20, patience=10), seed=0, progress=False,
+                        seeds=baselines.seed_groupings)
     assert {r for _, r in g} <= {"prefill", "decoder"}
     q = SearchProblem(cluster, "code", 2.0, roles=("prefill", "decoder"))
     gr, fr, trace = random_search(q, 100, seed=0)
     assert q.evaluations == 100 and len(trace) == 100 and trace[-1] == fr
     assert {r for _, r in gr} <= {"prefill", "decoder"}
+
+
+def test_baseline_seeds_join_the_first_population():
+    cluster = preset("mixed8")
+    seeded = SearchProblem(cluster, "conv", 2.5)
+    sw = seeded.score(baselines.splitwise_grouping(seeded))
+    _, _, hist = ga_search(seeded, GAConfig(population=20, generations=0), seed=1, progress=False,
+                           seeds=baselines.seed_groupings)
+    assert hist.best[0] <= sw  # generation 0 already holds Splitwise's grouping
+    calls = []
+    _, _, plain = ga_search(SearchProblem(cluster, "conv", 2.5), GAConfig(population=20, generations=0),
+                            seed=1, progress=False, seeds=lambda p: calls.append(p) or [])
+    assert len(calls) == 1 and plain.evaluations[0] <= 20  # no seed scored anything

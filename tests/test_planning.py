@@ -17,8 +17,9 @@ from e2llm_lite.planning import (Plan, ReplicaPlanner, SearchProblem, make_plan,
 from e2llm_lite.planning import baselines
 from e2llm_lite.planning.dp import partition
 from e2llm_lite.planning.dp_batched import partition_arrays
-from e2llm_lite.planning.evaluate import PENALTY_S, erlang_c, predict
-from e2llm_lite.planning.replica import ROLES, stage_need_bytes
+from e2llm_lite.memory import stage_need_bytes
+from e2llm_lite.planning.queueing import PENALTY_S, erlang_c, predict
+from e2llm_lite.planning.replica_plan import ROLES
 from e2llm_lite.planning.synthetic import synthetic_cluster
 
 MIB = 2 ** 20
@@ -80,11 +81,8 @@ def test_fits_memory_is_exact(mixed8_planner):
         idx = np.sort(rng.choice(8, int(rng.integers(1, 6)), replace=False))
         for role in ROLES:
             batch = 1 if role == "prefill" else int(rng.integers(1, 5))
-            compute, f, l, comm = pl._arrays(idx, role, batch)
-            lm, dm, fm, lmem, _ = pl._memory(idx, role, batch)
             try:
-                partition(compute, lm, dm, comm, extra_first_mem=fm, extra_last_mem=lmem,
-                          extra_first_ms=f, extra_last_ms=l)
+                partition(**pl.dp_inputs(idx, role, batch).kwargs())
                 ok = True
             except InfeasiblePlan:
                 ok = False
@@ -235,10 +233,12 @@ def test_baselines_are_valid_plans():
     assert {r.role for r in plans["colocated"].replicas} == {"both"}
     assert len(plans["pipeline"].replicas) == 1 and len(plans["exo"].replicas) == 1
     # exo: memory-proportional, the ring started where the shares fit (rotation 0 = exo's order)
-    from e2llm_lite.planning.arrays import exo_stages
-
     mem = [d.memory_mib for d in cluster.devices]
-    assert baselines.exo_stages(problem, 0) == exo_stages(mem, 30, cluster.names)
+    ring = baselines.exo_stages(mem, 30, cluster.names)
+    assert cluster.names[ring[0][0]] == "fog"  # rotation 0: the largest device first
+    rotations = [[(cluster.names[d], s, e) for d, s, e in baselines.exo_stages(mem, 30, cluster.names, r)]
+                 for r in range(8)]
+    assert list(plans["exo"].replicas[0].stages) in rotations
     # Splitwise's provisioning tries every pool split, including "no mixed pool"
     pure = baselines.splitwise_grouping(problem, mixed_pool=False)
     assert {r for _, r in pure} <= {"prefill", "decoder", "both"}

@@ -7,7 +7,8 @@ from e2llm_lite.costmodel import CostModel
 from e2llm_lite.devices import preset
 from e2llm_lite.errors import ConfigError
 from e2llm_lite.model import ANATOMY
-from e2llm_lite.planning.arrays import MIB, DPArrays, dp_arrays, exo_stages, replace_device
+from e2llm_lite.planning.arrays import MIB, DPArrays, dp_arrays, replace_device
+from e2llm_lite.planning.baselines import exo_stages
 from e2llm_lite.planning.bruteforce import brute_force_partition
 from e2llm_lite.planning.dp import evaluate, partition
 

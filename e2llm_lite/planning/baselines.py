@@ -1,5 +1,5 @@
 """The baselines E2LLM is compared with — each a function ``(problem) -> Plan`` scored by the very
-same evaluator (:func:`~e2llm_lite.planning.evaluate.predict`) and, except exo, split by the very
+same evaluator (:func:`~e2llm_lite.planning.queueing.predict`) and, except exo, split by the very
 same DP, so that only the *grouping and role* rules differ.
 
 ``exo`` — one pipeline over every device, layers in proportion to memory (exo's
@@ -54,10 +54,11 @@ import math
 import numpy as np
 
 from ..errors import InfeasiblePlan
-from .dp import evaluate as dp_evaluate
+from ..memory import MIB, stage_need_bytes
 from .plan import Plan
-from .replica import ReplicaPlan, reserve, stage_need_bytes
-from .search import Grouping, SearchProblem, canonical
+from .problem import Grouping, SearchProblem, canonical
+from .replica_plan import ReplicaPlan
+from .reserve import reserve
 
 __all__ = [
     "colocated_grouping",
@@ -66,6 +67,7 @@ __all__ = [
     "exo_stages",
     "pipeline_grouping",
     "pipeline_plan",
+    "seed_groupings",
     "simple_groups",
     "splitwise_grouping",
     "splitwise_plan",
@@ -83,7 +85,7 @@ def simple_groups(problem: SearchProblem) -> list[tuple[int, ...]]:
     sites = list(dict.fromkeys(problem.planner.sites))
 
     def holds(g):
-        return problem.roughly_fits(g, "both") and problem.can_serve(tuple(sorted(g)), "both")
+        return problem.fits_memory(g, "both") and problem.can_serve(tuple(sorted(g)), "both")
 
     def greedy(devices):
         groups, cur = [], []
@@ -170,6 +172,18 @@ def splitwise_grouping(problem: SearchProblem, mixed_pool: bool = True) -> Group
 # --------------------------------------------------------------------------------------------
 
 
+def seed_groupings(problem: SearchProblem) -> list[Grouping]:
+    """The groupings of the Splitwise (tuned roles), colocated and single-pipeline baselines —
+    those that apply to this cluster — for the GA's first population (``ga_search(seeds=...)``)."""
+    out = []
+    for make in (splitwise_grouping, colocated_grouping, pipeline_grouping):
+        try:
+            out.append(make(problem))
+        except InfeasiblePlan:  # a baseline that does not apply seeds nothing
+            continue
+    return out
+
+
 def _plan(problem: SearchProblem, grouping: Grouping, strategy: str, notes: str) -> Plan:
     return problem.to_plan(grouping, strategy, {"rule": strategy}, notes)
 
@@ -199,22 +213,37 @@ def splitwise_plan(problem: SearchProblem, mixed_pool: bool = True) -> Plan:
                  + ("" if mixed_pool else " (mixed pool off)"))
 
 
-def exo_stages(problem: SearchProblem, rotation: int = 0) -> list[tuple[int, int, int]]:
-    """exo's memory-proportional split: (device index, start, end) in pipeline order, with the
-    ring of devices (memory descending) started at position ``rotation``."""
-    names = problem.names
-    mem = [problem.cluster.devices[i].memory_mib for i in range(problem.n)]
-    ring = sorted(range(problem.n), key=lambda i: (mem[i], names[i]), reverse=True)
+def exo_stages(memory, n_layers: int, names=None, rotation: int = 0) -> list[tuple[int, int, int]]:
+    """exo's split (module docstring): one pipeline over every device, layers in proportion to
+    ``memory`` (any unit), as ``(device index, start, end)`` in pipeline order.
+
+    exo's ``RingMemoryWeightedPartitioningStrategy``, with its arithmetic: devices sorted by
+    ``(memory, name)`` in reverse — largest memory first, ties by name descending (by index
+    descending when ``names`` is None); the ring starts at position ``rotation`` of that order;
+    device ``i`` gets the fraction ``[start_i, end_i)`` of the model with
+    ``end_i = round(start_i + mem_i / total, 5)``, i.e. the layers ``int(start_i * L) ..
+    int(end_i * L) - 1``; the last device runs to layer ``L``. The truncation is exo's: a third of
+    30 layers is ``int(0.33333 * 30) = 9``. Speeds and links are ignored, and so is whether a
+    stage fits (check with :func:`~e2llm_lite.planning.dp.evaluate`). A device whose share
+    truncates to no layer is left out.
+    """
+    mem = np.asarray(memory, dtype=float)
+    if mem.ndim != 1 or len(mem) == 0 or not np.all(np.isfinite(mem)) or np.any(mem <= 0):
+        raise ValueError("memory must be a non-empty 1-D array of positive numbers")
+    if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 1:
+        raise ValueError(f"n_layers must be an integer >= 1, got {n_layers!r}")
+    keys = list(range(len(mem))) if names is None else list(names)
+    if len(keys) != len(mem):
+        raise ValueError(f"names has {len(keys)} entries for {len(mem)} devices")
+    ring = sorted(range(len(mem)), key=lambda i: (mem[i], keys[i]), reverse=True)
     order = ring[rotation:] + ring[:rotation]
-    total = sum(mem)
-    L = problem.planner.anatomy.n_layers
+    total = sum(float(m) for m in mem)  # a plain sum in index order
     stages, start = [], 0.0
     for k, i in enumerate(order):
-        end = round(start + mem[i] / total, 5)
-        s = int(start * L)
-        e = L if k == len(order) - 1 else int(end * L)
+        end = round(start + float(mem[i]) / total, 5)
+        s, e = int(start * n_layers), (n_layers if k == len(order) - 1 else int(end * n_layers))
         if e > s:
-            stages.append((i, s, e))
+            stages.append((int(i), s, e))
         start = end
     return stages
 
@@ -222,51 +251,34 @@ def exo_stages(problem: SearchProblem, rotation: int = 0) -> list[tuple[int, int
 def exo_plan(problem: SearchProblem) -> Plan:
     """exo's single memory-proportional pipeline (module docstring)."""
     pl = problem.planner
+    memory = [d.memory_mib for d in problem.cluster.devices]
     first_error = None
     for rotation in range(problem.n):
-        stages = exo_stages(problem, rotation)
-        try:
-            best = _exo_batch(pl, stages)
+        stages = exo_stages(memory, pl.anatomy.n_layers, problem.names, rotation)
+        idx = [d for d, _, _ in stages]
+        pos = [(k, s, e) for k, (_, s, e) in enumerate(stages)]
+        best = pl.best_batch(idx, "both", pos, exact=False)
+        if best is not None:
             break
-        except InfeasiblePlan as e:
-            first_error = first_error or e
+        first_error = first_error or _exo_out_of_memory(pl, stages)
     else:
         raise InfeasiblePlan(f"{first_error}, whichever device the ring starts at")
-    batch, figures, kv, act, rows = best
-    period, lat, step, pre_ms, dec_ms, _ = figures
-    rp = ReplicaPlan(role="both", stages=tuple((pl.names[d], s, e) for d, s, e in stages),
-                     batch=batch, kv_tokens=kv, act_tokens=act, logit_rows=rows,
-                     prefill_period_s=period, prefill_latency_s=lat, decode_step_s=step,
-                     prefill_stage_ms=pre_ms, decode_stage_ms=dec_ms, exact=False, name="r0")
+    batch, figures = best
+    rp = ReplicaPlan.build("both", tuple((pl.names[d], s, e) for d, s, e in stages), batch,
+                           reserve("both", pl.stats, batch), figures)
     return problem.plan_from_replicas([rp], "exo", {"rule": "exo"},
                                       "one pipeline, layers in proportion to memory (exo), "
                                       f"prefill + decode; ring started at device "
                                       f"{pl.names[stages[0][0]]!r}")
 
 
-def _exo_batch(pl, stages):
-    """(batch, figures, kv, act, rows) of the best batch exo's fixed split holds, or raise."""
-    idx = np.array([d for d, _, _ in stages], dtype=np.intp)
-    pos = [(k, s, e) for k, (_, s, e) in enumerate(stages)]
-    best, best_value = None, -math.inf
-    for batch in range(1, pl.max_batch + 1):
-        kv, act, rows = reserve("both", pl.stats, batch)
-        too_big = [(pl.names[d], s, e) for d, s, e in stages
-                   if stage_need_bytes(s, e, kv, act, rows, pl.anatomy) > pl.mem[d]]
-        if too_big:
-            if batch == 1:
-                d, s, e = too_big[0]
-                need = stage_need_bytes(s, e, kv, act, rows, pl.anatomy) / 2 ** 20
-                raise InfeasiblePlan(
-                    f"exo's memory-proportional split gives device {d!r} layers {s}..{e - 1}, which "
-                    f"need {need:.1f} MiB with the room for one request, but it has "
-                    f"{pl.mem[pl.index[d]] / 2 ** 20:.1f} MiB; exo would run out of memory")
-            break
-        compute, first_ms, last_ms, comm = pl._arrays(idx, "both", batch)
-        part = dp_evaluate(pos, compute, np.zeros(compute.shape[1]), np.full(len(idx), 1e30), comm,
-                           extra_first_ms=first_ms, extra_last_ms=last_ms)
-        figures = pl._figures(idx, "both", batch, part)
-        value = pl._batch_value("both", batch, figures)
-        if value > best_value * (1 + 1e-12):
-            best, best_value = (batch, figures, kv, act, rows), value
-    return best
+def _exo_out_of_memory(pl, stages) -> str:
+    """Which device of exo's split cannot hold its share with the room for one request."""
+    kv, act, rows = reserve("both", pl.stats, 1)
+    for d, s, e in stages:
+        need = stage_need_bytes(s, e, kv, act, rows, pl.anatomy)
+        if need > pl.mem[d]:
+            return (f"exo's memory-proportional split gives device {pl.names[d]!r} layers {s}..{e - 1}, "
+                    f"which need {need / MIB:.1f} MiB with the room for one request, but it has "
+                    f"{pl.mem[d] / MIB:.1f} MiB; exo would run out of memory")
+    raise AssertionError("exo's split holds one request")  # best_batch found none, so one does not fit

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from itertools import combinations, permutations
 
-from e2llm_lite.planning.dp import Partition, _check_problem, _infeasible
+from .dp import Partition, check_problem, infeasible_error
 
 __all__ = ["brute_force_partition"]
 
@@ -34,7 +34,7 @@ def brute_force_partition(
     orders in ``itertools.permutations`` order, then cut positions in ``itertools.combinations``
     order (which need not be the DP's tie-break; compare costs, not stages).
     """
-    p = _check_problem(
+    p = check_problem(
         compute, layer_mem, device_mem, comm, objective,
         extra_first_mem, extra_last_mem, extra_first_ms, extra_last_ms,
     )  # fmt: skip
@@ -69,6 +69,6 @@ def brute_force_partition(
                     stages = tuple((d, s, e) for d, (s, e) in zip(order, ranges))
                     best = (cost, stages, tuple(times))
     if best is None:
-        raise _infeasible(p, "brute force")
+        raise infeasible_error(p, "brute force")
     cost, stages, times = best
     return Partition(stages, float(cost), times, objective, exact=True)

@@ -151,12 +151,15 @@ class Partition:
 
 
 # --------------------------------------------------------------------------------------------
-# input checking (shared with the brute-force referee)
+# input checking and the stage table (shared with dp_batched.py and the brute-force referee)
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Problem:
+class DPProblem:
+    """Validated inputs of one partitioning problem (module docstring; shared with the batched DP
+    and the brute-force referee)."""
+
     compute: np.ndarray  # (n, L) ms
     layer_mem: np.ndarray  # (L,) bytes
     device_mem: np.ndarray  # (n,) bytes
@@ -190,7 +193,7 @@ def _as_array(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _check_problem(
+def check_problem(
     compute,
     layer_mem,
     device_mem,
@@ -200,7 +203,7 @@ def _check_problem(
     extra_last_mem=0,
     extra_first_ms=None,
     extra_last_ms=None,
-) -> _Problem:
+) -> DPProblem:
     """Validate and normalise the inputs; raise ValueError with a clear message if malformed."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
@@ -224,10 +227,10 @@ def _check_problem(
     zeros = np.zeros(n)
     efs = zeros if extra_first_ms is None else _as_array("extra_first_ms", extra_first_ms, (n,))
     els = zeros if extra_last_ms is None else _as_array("extra_last_ms", extra_last_ms, (n,))
-    return _Problem(c, lm, dm, cm, objective, efm, elm, efs, els)
+    return DPProblem(c, lm, dm, cm, objective, efm, elm, efs, els)
 
 
-def _infeasible(p: _Problem, detail: str = "") -> InfeasiblePlan:
+def infeasible_error(p: DPProblem, detail: str = "") -> InfeasiblePlan:
     """The InfeasiblePlan error, with the figures a user needs to see why."""
     need = float(p.layer_mem.sum()) + p.extra_first_mem + p.extra_last_mem
     have = float(p.device_mem.sum())
@@ -256,7 +259,7 @@ def _infeasible(p: _Problem, detail: str = "") -> InfeasiblePlan:
 # --------------------------------------------------------------------------------------------
 
 
-def _stage_table(p: _Problem) -> np.ndarray:
+def stage_table(p: DPProblem) -> np.ndarray:
     """T[d, k, m]: ms of a stage on device d holding layers k..m-1, +inf where impossible.
 
     Impossible means ``m <= k`` (empty stage) or the stage's memory need (its layers, plus
@@ -278,7 +281,7 @@ def _stage_table(p: _Problem) -> np.ndarray:
     return ms
 
 
-def _combine(objective: str):
+def combine_op(objective: str):
     """The (+) of the recurrence: max for the bottleneck, + for latency."""
     return np.maximum if objective == "bottleneck" else np.add
 
@@ -292,10 +295,10 @@ def _members(mask: int, n: int) -> np.ndarray:
     return np.array([i for i in range(n) if mask >> i & 1], dtype=np.intp)
 
 
-def _exact(p: _Problem, T: np.ndarray) -> list[tuple[int, int, int]] | None:
+def _exact(p: DPProblem, T: np.ndarray) -> list[tuple[int, int, int]] | None:
     """The recurrence of the module docstring over every device set; None if nothing fits."""
     n, L = p.n_devices, p.n_layers
-    combine = _combine(p.objective)
+    combine = combine_op(p.objective)
     G = np.full((1 << n, n, L + 1), np.inf)  # G[S, d, k]
 
     def choices(S: int, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -355,7 +358,7 @@ def _exact(p: _Problem, T: np.ndarray) -> list[tuple[int, int, int]] | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _in_order(p: _Problem, T: np.ndarray, order: Sequence[int]):
+def _in_order(p: DPProblem, T: np.ndarray, order: Sequence[int]):
     """Exact DP restricted to pipelines whose devices appear in ``order`` (any subsequence).
 
     Q[i, k] = best objective for layers k..L-1 with the first stage on ``order[i]`` and the later
@@ -367,7 +370,7 @@ def _in_order(p: _Problem, T: np.ndarray, order: Sequence[int]):
     Returns (cost, stages) or None when nothing fits.
     """
     L = p.n_layers
-    combine = _combine(p.objective)
+    combine = combine_op(p.objective)
     order = np.asarray(order, dtype=np.intp)
     q = len(order)
     Q = np.full((q, L + 1), np.inf)
@@ -400,7 +403,7 @@ def _in_order(p: _Problem, T: np.ndarray, order: Sequence[int]):
         return best, stages
 
 
-def _heuristic_orders(p: _Problem) -> list[list[int]]:
+def _heuristic_orders(p: DPProblem) -> list[list[int]]:
     """Candidate device orders: fastest first, largest memory first, nearest-neighbour on comm."""
     n = p.n_devices
     speed = p.compute.sum(axis=1) + p.extra_first_ms + p.extra_last_ms  # total ms, small = fast
@@ -413,13 +416,13 @@ def _heuristic_orders(p: _Problem) -> list[list[int]]:
     return [fastest, biggest, chain]
 
 
-def _fastest_subset(p: _Problem, T: np.ndarray, size: int):
+def _fastest_subset(p: DPProblem, T: np.ndarray, size: int):
     """Exact DP over the ``size`` fastest devices only; (cost, stages) in original indices or None."""
     if size < 1:
         return None
     speed = p.compute.sum(axis=1) + p.extra_first_ms + p.extra_last_ms
     keep = np.array(sorted(sorted(range(p.n_devices), key=lambda i: (speed[i], i))[:size]))
-    sub = _Problem(
+    sub = DPProblem(
         p.compute[keep], p.layer_mem, p.device_mem[keep], p.comm[np.ix_(keep, keep)], p.objective,
         p.extra_first_mem, p.extra_last_mem, p.extra_first_ms[keep], p.extra_last_ms[keep],
     )  # fmt: skip
@@ -427,10 +430,10 @@ def _fastest_subset(p: _Problem, T: np.ndarray, size: int):
     if stages is None:
         return None
     stages = [(int(keep[d]), s, e) for d, s, e in stages]
-    return _evaluate(p, stages, exact=False).cost, stages
+    return partition_of(p, stages, exact=False).cost, stages
 
 
-def _heuristic(p: _Problem, T: np.ndarray, size: int) -> list[tuple[int, int, int]] | None:
+def _heuristic(p: DPProblem, T: np.ndarray, size: int) -> list[tuple[int, int, int]] | None:
     """Best of: the exact DP over the ``size`` fastest devices, and the three restricted orders."""
     candidates = [_fastest_subset(p, T, size)]
     candidates += [_in_order(p, T, order) for order in _heuristic_orders(p)]
@@ -445,7 +448,7 @@ def _heuristic(p: _Problem, T: np.ndarray, size: int) -> list[tuple[int, int, in
 # --------------------------------------------------------------------------------------------
 
 
-def _evaluate(p: _Problem, stages, exact: bool) -> Partition:
+def partition_of(p: DPProblem, stages, exact: bool) -> Partition:
     """Check ``stages`` against problem ``p`` and return the Partition with its true times."""
     n = p.n_devices
     stages = tuple((int(d), int(s), int(e)) for d, s, e in stages)
@@ -487,11 +490,11 @@ def evaluate(
     a device used twice, an index out of range) and InfeasiblePlan if a stage does not fit its
     device's memory. ``exact`` is set to False: nothing claims this plan is optimal.
     """
-    p = _check_problem(
+    p = check_problem(
         compute, layer_mem, device_mem, comm, objective,
         extra_first_mem, extra_last_mem, extra_first_ms, extra_last_ms,
     )  # fmt: skip
-    return _evaluate(p, stages, exact=False)
+    return partition_of(p, stages, exact=False)
 
 
 def partition(
@@ -532,11 +535,11 @@ def partition(
             objective).
         InfeasiblePlan: no plan fits the devices' memory (with the totals in the message).
     """
-    p = _check_problem(
+    p = check_problem(
         compute, layer_mem, device_mem, comm, objective,
         extra_first_mem, extra_last_mem, extra_first_ms, extra_last_ms,
     )  # fmt: skip
-    T = _stage_table(p)
+    T = stage_table(p)
     exact = p.n_devices <= max_exact_devices
     if exact and p.n_devices > _HARD_LIMIT:
         raise ValueError(
@@ -550,5 +553,5 @@ def partition(
             f"{max_exact_devices} fastest devices and three device orders were tried, an exact "
             "search might still find a plan"
         )
-        raise _infeasible(p, detail)
-    return _evaluate(p, stages, exact)
+        raise infeasible_error(p, detail)
+    return partition_of(p, stages, exact)

@@ -19,7 +19,8 @@ from itertools import combinations
 
 import numpy as np
 
-from .dp import MAX_EXACT_DEVICES, Partition, _Problem, _combine, _evaluate, _infeasible, _stage_table
+from .dp import (MAX_EXACT_DEVICES, DPProblem, Partition, combine_op, infeasible_error, partition_of,
+                 stage_table)
 from .dp import partition as _partition
 
 __all__ = ["partition_arrays"]
@@ -39,9 +40,9 @@ def _sets(n: int, size: int):
     return members, masks, E
 
 
-def _exact_batched(p: _Problem, T: np.ndarray):
+def _exact_batched(p: DPProblem, T: np.ndarray):
     n, L = p.n_devices, p.n_layers
-    combine = _combine(p.objective)
+    combine = combine_op(p.objective)
     G = np.full((1 << n, n, L + 1), np.inf)
     for d in range(n):
         G[1 << d, d, :] = T[d, :, L]
@@ -96,9 +97,9 @@ def partition_arrays(compute: np.ndarray, layer_mem: np.ndarray, device_mem: np.
                           extra_first_mem=extra_first_mem, extra_last_mem=extra_last_mem,
                           extra_first_ms=extra_first_ms, extra_last_ms=extra_last_ms,
                           max_exact_devices=max_exact_devices)
-    p = _Problem(compute, layer_mem, device_mem, comm, objective, float(extra_first_mem),
+    p = DPProblem(compute, layer_mem, device_mem, comm, objective, float(extra_first_mem),
                  float(extra_last_mem), extra_first_ms, extra_last_ms)
-    stages = _exact_batched(p, _stage_table(p))
+    stages = _exact_batched(p, stage_table(p))
     if stages is None:
-        raise _infeasible(p)
-    return _evaluate(p, stages, exact=True)
+        raise infeasible_error(p)
+    return partition_of(p, stages, exact=True)

@@ -8,18 +8,15 @@ A chromosome gives every device a gene — the replica it belongs to (``0 .. k-1
     genes = [0, 0, 1, -1, 1, 2]      roles = ["prefill", "decoder", "prefill"]
 
 Internally a chromosome is kept *decoded*, as its groups with their roles (the canonical
-grouping of :mod:`e2llm_lite.planning.search`); :func:`encode` / :func:`decode` convert.
+grouping of :mod:`e2llm_lite.planning.problem`); :func:`encode` / :func:`decode` convert.
 Decoding = the DP plans each group for its role (cached per group and role), the evaluator
-(:func:`~e2llm_lite.planning.evaluate.predict`) turns the replicas into the **fitness**: the
+(:func:`~e2llm_lite.planning.queueing.predict`) turns the replicas into the **fitness**: the
 predicted mean waiting time (s) at the target rate, or a penalty when overloaded — lower is better.
 
 Operators
 ---------
-* **Random individual** (initial population, random search): devices in random order fill a group
-  with a random role until the group can hold the model for that role (the exact memory test of
-  :meth:`~e2llm_lite.planning.replica.ReplicaPlanner.fits_memory`, no DP; groups of at most
-  ``max_replica_devices``, default 8), then — with probability 0.3 — one more device; each device is skipped
-  (left unused) with probability 0.15; the unfinished last group is dropped.
+* **Random individual** (initial population): :func:`~e2llm_lite.planning.problem.random_grouping`
+  (groups filled in random order until they hold the model, by the exact memory test).
 * **Selection**: tournament of 3 (the fittest of 3 random individuals).
 * **Crossover** (probability 0.9; grouping-GA style, since a replica is a group): the child keeps
   each of parent A's groups with probability 1/2, then receives parent B's groups in random order,
@@ -30,12 +27,9 @@ Operators
   up to 8 tries of memory-balanced halves: devices in random order, each to the half with less
   memory — else a random cut; the second half keeps the role or gets a random one), *merge* (two groups into one, with one of their roles), *flip role* (a group gets another
   role).
-* **Repair** (after crossover and mutation): a group larger than ``max_replica_devices`` drops its
-  smallest-memory devices; a group that cannot hold the model for its role receives unused
-  devices (the largest-memory one, or — with probability 1/2 — a random one) until it can; if it
-  still cannot (no unused devices or the size cap), it is merged with the smallest group it can
-  join within the cap, keeping its own role; failing that it is dissolved (devices unused). An
-  individual left without groups is replaced by a fresh random one.
+* **Repair** (after crossover and mutation): :func:`~e2llm_lite.planning.problem.repair` (top up,
+  merge or dissolve the groups that cannot hold the model for their role). An individual left
+  without groups is replaced by a fresh random one.
 * **Elitism**: the 2 best individuals pass unchanged; a child identical to an individual already
   in the new population, or with the same fitness (9 significant digits: a neutral variant), is
   mutated again (up to 3 times) to keep diversity.
@@ -48,10 +42,13 @@ Operators
   the best fitness (an improvement must exceed 0.01 % plus 0.1 ms: waiting times below a tenth
   of a millisecond are all "no waiting").
 
-The initial population (40; 30 above 16 devices) also holds the groupings of the baselines
-(Splitwise with its tuned roles, colocated, single pipeline; repaired into the size cap) when
-``seed_baselines`` is set (default), so the GA starts from them. Everything random comes from one ``numpy.random.Generator(seed)``: the same seed gives
-the same plan and history.
+The initial population (40; 30 above 16 devices) can start from given groupings: ``initial``
+(as they are) and ``seeds``, a function the GA calls once at its start (its evaluations count in
+the history) whose groupings are repaired into the search space — the planner
+(:func:`e2llm_lite.planning.plan_e2llm`) passes
+:func:`~e2llm_lite.planning.baselines.seed_groupings` (Splitwise with its tuned roles, colocated,
+single pipeline), so the GA starts from the baselines. Everything random comes from one
+``numpy.random.Generator(seed)``: the same seed gives the same plan and history.
 """
 
 from __future__ import annotations
@@ -60,12 +57,13 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
-from .search import Grouping, SearchProblem, canonical
+from .problem import Grouping, SearchProblem, canonical, fits, random_grouping, repair, swap_devices
 
-__all__ = ["GAConfig", "History", "decode", "encode", "ga_search", "random_grouping"]
+__all__ = ["GAConfig", "History", "decode", "encode", "ga_search"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,6 @@ class GAConfig:
     elite: int = 2
     polish_budget: int | None = None
     distinct_fitness: bool = True
-    seed_baselines: bool = True
 
     def resolved(self, n_devices: int) -> "GAConfig":
         """This config with the size-dependent defaults filled in."""
@@ -123,17 +120,6 @@ class History:
 # --------------------------------------------------------------------------------------------
 
 
-
-def _swap(groups, where, x: int, y: int) -> None:
-    """Exchange devices ``x`` and ``y`` between their groups (either may be unused: ``where`` lacks it)."""
-    kx, ky = where.get(x), where.get(y)
-    if kx is not None:
-        groups[kx][0].discard(x)
-        groups[kx][0].add(y)
-    if ky is not None:
-        groups[ky][0].discard(y)
-        groups[ky][0].add(x)
-
 def encode(grouping: Grouping, n_devices: int) -> tuple[list[int], list[str]]:
     """(genes, roles) of a grouping: ``genes[d]`` = replica index of device d or -1."""
     genes = [-1] * n_devices
@@ -152,86 +138,6 @@ def decode(genes, roles) -> Grouping:
         if k >= 0:
             groups.setdefault(int(k), []).append(d)
     return canonical((g, roles[k]) for k, g in groups.items())
-
-
-# --------------------------------------------------------------------------------------------
-# random individuals and repair
-# --------------------------------------------------------------------------------------------
-
-
-def _fits(problem: SearchProblem, group, role) -> bool:
-    """Whether the group can hold the model for ``role`` — by the exact memory test, without
-    running the DP (which finds a plan exactly when this test passes, up to 12 devices)."""
-    g = tuple(sorted(group))
-    return bool(g) and len(g) <= problem.max_size and problem.roughly_fits(g, role)
-
-
-def random_grouping(problem: SearchProblem, rng: np.random.Generator) -> Grouping:
-    """A random feasible grouping (module docstring); repaired, never empty if any group fits."""
-    roles = problem.roles
-    groups: list[list] = []
-    cur: list[int] = []
-    role = roles[rng.integers(len(roles))]
-    for d in rng.permutation(problem.n):
-        if rng.random() < 0.15:
-            continue
-        cur.append(int(d))
-        if len(cur) >= problem.max_size and not _fits(problem, cur, role):
-            cur, role = [], roles[rng.integers(len(roles))]
-            continue
-        if _fits(problem, cur, role):
-            if rng.random() < 0.3:
-                continue  # one more device (the next one closes it)
-            groups.append([set(cur), role])
-            cur, role = [], roles[rng.integers(len(roles))]
-    if cur and _fits(problem, cur, role):
-        groups.append([set(cur), role])
-    return _repair(problem, groups, rng)
-
-
-def _repair(problem: SearchProblem, groups: list, rng: np.random.Generator) -> Grouping:
-    """Make every group a replica (module docstring). ``groups``: list of [set, role]."""
-    mem = problem.mem
-    groups = [[set(g), r] for g, r in groups if g]
-    used = set().union(*(g for g, _ in groups)) if groups else set()
-    unused = set(range(problem.n)) - used
-    for g, _ in groups:  # size cap: drop the smallest devices
-        while len(g) > problem.max_size:
-            d = min(g, key=lambda i: (mem[i], i))
-            g.discard(d)
-            unused.add(d)
-    order = list(rng.permutation(len(groups)))
-    alive = [True] * len(groups)
-    for k in order:
-        if not alive[k]:
-            continue
-        g, role = groups[k]
-        while not _fits(problem, g, role) and len(g) < problem.max_size and unused:
-            if rng.random() < 0.5:
-                d = max(sorted(unused), key=lambda i: mem[i])
-            else:
-                d = sorted(unused)[rng.integers(len(unused))]
-            g.add(d)
-            unused.discard(d)
-        if _fits(problem, g, role):
-            continue
-        partners = sorted((j for j in range(len(groups)) if j != k and alive[j]
-                           and len(groups[j][0]) + len(g) <= problem.max_size),
-                          key=lambda j: (mem[list(groups[j][0])].sum(), j))
-        merged = False
-        for j in partners:
-            if _fits(problem, g | groups[j][0], role):
-                groups[j] = [g | groups[j][0], role]
-                alive[k] = False
-                merged = True
-                break
-        if not merged:
-            alive[k] = False
-            unused |= g
-    out = [(g, r) for (g, r), a in zip(groups, alive) if a]
-    if not out:
-        return ()
-    return canonical(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +181,7 @@ def _mutate(problem: SearchProblem, ind: Grouping, rng: np.random.Generator) -> 
     elif kind == "swap":
         d, e = (int(x) for x in rng.choice(problem.n, 2, replace=False))
         if where.get(d) != where.get(e):
-            _swap(groups, where, d, e)
+            swap_devices(groups, where, d, e)
     elif kind == "flip" and groups:
         k = int(rng.integers(len(groups)))
         others = [r for r in roles if r != groups[k][1]]
@@ -309,7 +215,7 @@ def _split(problem: SearchProblem, members: list[int], role_a: str, role_b: str,
             h = 0 if load[0] <= load[1] else 1
             halves[h].append(d)
             load[h] += problem.mem[d]
-        if halves[1] and _fits(problem, halves[0], role_a) and _fits(problem, halves[1], role_b):
+        if halves[1] and fits(problem, halves[0], role_a) and fits(problem, halves[1], role_b):
             return halves
     order = [members[i] for i in rng.permutation(len(members))]
     cut = int(rng.integers(1, len(order)))
@@ -349,7 +255,7 @@ def _neighbours(problem: SearchProblem, ind: Grouping, rng: np.random.Generator)
         elif kind == "drop2":
             new[where[x]][0] -= {x, y}
         else:
-            _swap(new, where, x, y)
+            swap_devices(new, where, x, y)
         yield new
 
 
@@ -365,7 +271,7 @@ def _polish(problem: SearchProblem, ind: Grouping, fit: float, rng: np.random.Ge
             if problem.evaluations - start >= budget:
                 break
             g = canonical(new)
-            if not g or any(len(d) > problem.max_size or not _fits(problem, d, r) for d, r in g):
+            if not g or any(len(d) > problem.max_size or not fits(problem, d, r) for d, r in g):
                 continue
             f = problem.score(g)
             if f < fit * (1 - 1e-12):
@@ -388,33 +294,17 @@ def _tournament(fit: list[float], k: int, rng: np.random.Generator) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _baseline_seeds(problem: SearchProblem, rng: np.random.Generator) -> list[Grouping]:
-    """Groupings of the baselines (module docstring), repaired into the search space (a group
-    above ``max_replica_devices`` drops its smallest devices); none with a role not allowed."""
-    from . import baselines
-
-    out = []
-    for make in (baselines.splitwise_grouping, baselines.colocated_grouping,
-                 baselines.pipeline_grouping):
-        try:
-            g = make(problem)
-        except Exception:  # noqa: BLE001 — a baseline that does not apply seeds nothing
-            continue
-        if g and all(r in problem.roles for _, r in g):
-            g = _repair(problem, [[set(d), r] for d, r in g], rng)
-            if g:
-                out.append(g)
-    return out
-
-
 def ga_search(problem: SearchProblem, config: GAConfig | None = None, seed: int = 0,
-              progress: bool | None = None, initial: list[Grouping] | None = None
+              progress: bool | None = None, initial: list[Grouping] | None = None,
+              seeds: Callable[[SearchProblem], list[Grouping]] | None = None
               ) -> tuple[Grouping, float, History]:
     """Run the GA of the module docstring on ``problem``.
 
     Returns ``(best grouping, its fitness, History)``. ``progress``: a tqdm bar on stderr
     (default: only when stderr is a terminal). ``initial``: extra groupings for the first
-    population.
+    population. ``seeds``: a function of the problem giving groupings to repair into the first
+    population, e.g. :func:`e2llm_lite.planning.baselines.seed_groupings`; groupings with a role
+    the problem does not allow are skipped.
     """
     cfg = (config or GAConfig()).resolved(problem.n)
     if cfg.population < 2 or cfg.elite < 0 or cfg.elite >= cfg.population:
@@ -425,10 +315,13 @@ def ga_search(problem: SearchProblem, config: GAConfig | None = None, seed: int 
     start_evals = problem.evaluations
 
     pop: list[Grouping] = []
-    seeds = list(initial or [])
-    if cfg.seed_baselines:
-        seeds += _baseline_seeds(problem, rng)
-    for g in seeds:
+    start = list(initial or [])
+    for g in seeds(problem) if seeds is not None else []:
+        if g and all(r in problem.roles for _, r in g):
+            g = repair(problem, [[set(d), r] for d, r in g], rng)
+            if g:
+                start.append(g)
+    for g in start:
         if g and g not in pop and len(pop) < cfg.population:
             pop.append(g)
     tries = 0
@@ -478,7 +371,7 @@ def ga_search(problem: SearchProblem, config: GAConfig | None = None, seed: int 
                         child = _mutate(problem, canonical(child), rng)
                         if rng.random() < 0.3:
                             child = _mutate(problem, canonical(child), rng)
-                    g = _repair(problem, child, rng)
+                    g = repair(problem, child, rng)
                     if not g:
                         g = random_grouping(problem, rng)
                     f = problem.score(g)

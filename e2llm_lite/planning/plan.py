@@ -20,7 +20,7 @@ Layer ranges are ``[start, end)``. :meth:`Plan.validate` checks a plan against a
 raises one :class:`~e2llm_lite.errors.ConfigError` sentence per problem: unknown or repeated
 devices, ranges that do not cover layers 0..30 contiguously, a stage that does not fit its
 device's memory (weights + the replica's KV / activation reserve,
-:func:`~e2llm_lite.planning.replica.stage_need_bytes`).
+:func:`~e2llm_lite.memory.stage_need_bytes`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, check_format
+from ..memory import MIB, stage_need_bytes
 from ..model import ANATOMY
-from .replica import ROLES, ReplicaPlan, WorkloadStats, stage_need_bytes
+from .replica_plan import ROLES, ReplicaPlan
+from .workload_stats import WorkloadStats
 
 __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "STRATEGIES", "Plan"]
 
@@ -41,7 +43,6 @@ PLAN_VERSION = 1
 #: Strategies the CLI knows (``e2llm`` = the GA; the rest are baselines).
 STRATEGIES = ("e2llm", "splitwise", "pipeline", "exo", "colocated")
 
-MIB = 2 ** 20
 
 
 @dataclass

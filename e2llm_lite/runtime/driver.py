@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..costmodel import CostModel
 from ..devices import Cluster
 from ..errors import DeviceOOM, E2LLMError, WorkerDied
 from ..generation import Generation, greedy_decode
@@ -267,8 +268,6 @@ class EmulatedCluster:
         Returns (and keeps in ``self.calibration``) per device: measured and predicted host ms
         and the factor, per phase.
         """
-        from ..costmodel import CostModel
-
         if self.costmodel is None:
             self.costmodel = CostModel.load()
         cm = self.costmodel

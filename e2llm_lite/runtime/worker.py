@@ -28,6 +28,7 @@ import torch
 from ..devices import transfer_ms
 from ..errors import DeviceOOM
 from ..memory import MemoryLedger
+from ..stage import Stage
 from .protocol import STATS_COLS, TRACE_COLS, ErrorKind, Message, Op, make_group, recv, send, text_payload
 from .throttle import Throttle
 
@@ -120,8 +121,6 @@ class Worker:
         self.send(0, Op.ACK, a=int(Op.LINKS))
 
     def on_load(self, m: Message) -> None:
-        from ..stage import Stage
-
         prefill_speed, decode_speed, budget = m.payload.tolist()
         account = MemoryLedger(self.name, int(budget), m.a, m.b)
         account.check_weights()                     # refuse before reading a single weight

@@ -6,7 +6,7 @@ simulation (cheap and deterministic: the GA calls it thousands of times); the si
 
 Inputs
 ------
-Per replica (from :class:`~e2llm_lite.planning.replica.ReplicaPlan`, seconds): its role, prefill
+Per replica (from :class:`~e2llm_lite.planning.replica_plan.ReplicaPlan`, seconds): its role, prefill
 period ``s`` (slowest prefill stage: a prompt's service time), prefill latency (one prompt's trip),
 decode trip ``step`` and batch ``B``. Workload: rate ``lam`` (requests/s), mean output ``Om``
 tokens, the prefill-time SCV ``cs2`` and the inter-arrival SCV ``ca2``.
