@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..costmodel import Phase
-from ..devices import ms_per_byte
+from ..devices import transfer_ms
 from ..memory import MIB, working_bytes
 from ..model import Anatomy
 
@@ -61,7 +61,7 @@ __all__ = ["MIB", "DPArrays", "DeviceTable", "dp_arrays", "memory_arrays", "phas
 class DeviceTable:
     """A cluster's devices as arrays, in cluster order: names, speeds per phase (relative to one
     host thread), memory budgets (bytes), sites, and the link matrices ``latency_ms[a, b]`` and
-    ``ms_per_byte[a, b]`` (0 on the diagonal)."""
+    ``bandwidth_mbps[a, b]`` (a device to itself: 0 ms, infinite bandwidth)."""
 
     names: tuple[str, ...]
     prefill_speed: np.ndarray
@@ -69,24 +69,23 @@ class DeviceTable:
     memory_bytes: np.ndarray
     sites: tuple[str, ...]
     latency_ms: np.ndarray
-    ms_per_byte: np.ndarray
+    bandwidth_mbps: np.ndarray
 
     @classmethod
     def of(cls, cluster) -> "DeviceTable":
         devs = list(cluster.devices)
         n = len(devs)
-        lat, inv_bw = np.zeros((n, n)), np.zeros((n, n))
+        lat, bw = np.zeros((n, n)), np.full((n, n), np.inf)
         for i in range(n):
             for j in range(n):
                 if i != j:
                     link = cluster.link(i, j)
-                    lat[i, j] = link.latency_ms
-                    inv_bw[i, j] = ms_per_byte(link.bandwidth_mbps)
+                    lat[i, j], bw[i, j] = link.latency_ms, link.bandwidth_mbps
         return cls(names=tuple(d.name for d in devs),
                    prefill_speed=np.array([d.prefill_speed for d in devs], float),
                    decode_speed=np.array([d.decode_speed for d in devs], float),
                    memory_bytes=np.array([d.memory_mib * MIB for d in devs], float),
-                   sites=tuple(d.site for d in devs), latency_ms=lat, ms_per_byte=inv_bw)
+                   sites=tuple(d.site for d in devs), latency_ms=lat, bandwidth_mbps=bw)
 
     def speed(self, phase) -> np.ndarray:
         """Every device's speed for ``phase``."""
@@ -101,7 +100,7 @@ def phase_arrays(table: DeviceTable, idx: np.ndarray, phase, host_ms: tuple[floa
     layer, embed, head = host_ms
     speed = table.speed(phase)[idx]
     ix = np.ix_(idx, idx)
-    comm = table.latency_ms[ix] + nbytes * table.ms_per_byte[ix]   # devices.transfer_ms, element-wise
+    comm = transfer_ms(nbytes, table.latency_ms[ix], table.bandwidth_mbps[ix])
     return np.repeat((layer / speed)[:, None], n_layers, axis=1), embed / speed, head / speed, comm
 
 

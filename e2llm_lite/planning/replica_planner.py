@@ -65,6 +65,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..costmodel import CostModel
+from ..devices import ms_per_byte
 from ..errors import ConfigError, InfeasiblePlan
 from ..memory import MIB, stage_need_bytes
 from ..split import stage_times
@@ -119,8 +120,8 @@ class ReplicaPlanner:
         n = len(self.names)
         self._spec = [(float(t.prefill_speed[i]), float(t.decode_speed[i]),
                        float(cluster.devices[i].memory_mib)) for i in range(n)]
-        self._link = [[(float(t.latency_ms[i, j]), float(t.ms_per_byte[i, j])) for j in range(n)]
-                      for i in range(n)]
+        inv_bw = ms_per_byte(t.bandwidth_mbps)
+        self._link = [[(float(t.latency_ms[i, j]), float(inv_bw[i, j])) for j in range(n)] for i in range(n)]
         st = self.stats
         te = st.prefill_tokens  # prefill timed at Te, its hand-offs at the mean prompt
         self._prefill_ms = (self.cm.layer_ms("prefill", tokens=te), self.cm.embed_ms("prefill", tokens=te),
