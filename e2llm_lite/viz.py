@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-MIB = 2 ** 20
+from .memory import MIB
 
 
 def plot_anatomy(anatomy, ax=None):

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..costmodel import CostModel
 from ..errors import ConfigError, InfeasiblePlan
+from ..memory import MIB
 from .plan import Plan
 from .queueing import OBJECTIVES, PENALTY_S, Prediction, predict
 from .replica_plan import ROLES
@@ -127,12 +128,12 @@ class SearchProblem:
             if self.fits_memory(best, role):
                 return
         a = self.planner.anatomy
-        total = float(self.mem.sum()) / 2 ** 20
-        need = self.planner.weights / 2 ** 20
+        total = float(self.mem.sum()) / MIB
+        need = self.planner.weights / MIB
         raise InfeasiblePlan(
             f"cluster {self.cluster.name!r} cannot hold the model: its {self.n} devices have "
-            f"{total:.1f} MiB in total (largest {self.mem.max() / 2 ** 20:.1f} MiB); one replica "
-            f"needs {need:.1f} MiB of weights (30 layers x {a.layer_bytes / 2 ** 20:.1f} MiB + "
+            f"{total:.1f} MiB in total (largest {self.mem.max() / MIB:.1f} MiB); one replica "
+            f"needs {need:.1f} MiB of weights (30 layers x {a.layer_bytes / MIB:.1f} MiB + "
             f"embedding + lm_head copy) plus room for the KV cache of the workload "
             f"({self.stats.name}: {self.stats.context_tokens} tokens x "
             f"{a.n_layers * a.kv_bytes_per_token_layer / 2 ** 10:.0f} KiB per sequence) — "
@@ -197,6 +198,7 @@ def fits(problem: SearchProblem, group, role) -> bool:
     g = tuple(sorted(group))
     return bool(g) and len(g) <= problem.max_size and problem.fits_memory(g, role)
 
+
 def random_grouping(problem: SearchProblem, rng: np.random.Generator) -> Grouping:
     """A random feasible grouping (module docstring); repaired, never empty if any group fits."""
     roles = problem.roles
@@ -218,6 +220,7 @@ def random_grouping(problem: SearchProblem, rng: np.random.Generator) -> Groupin
     if cur and fits(problem, cur, role):
         groups.append([set(cur), role])
     return repair(problem, groups, rng)
+
 
 def repair(problem: SearchProblem, groups: list, rng: np.random.Generator) -> Grouping:
     """Make every group a replica (module docstring). ``groups``: list of [set, role]."""
@@ -262,6 +265,7 @@ def repair(problem: SearchProblem, groups: list, rng: np.random.Generator) -> Gr
     if not out:
         return ()
     return canonical(out)
+
 
 def swap_devices(groups, where, x: int, y: int) -> None:
     """Exchange devices ``x`` and ``y`` between their groups (either may be unused: ``where`` lacks it)."""

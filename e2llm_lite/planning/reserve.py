@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .replica_plan import ROLES
+from .replica_plan import check_role
 from .workload_stats import WorkloadStats
 
 __all__ = ["Capacities", "capacities", "holds_model", "reserve"]
@@ -49,8 +49,7 @@ __all__ = ["Capacities", "capacities", "holds_model", "reserve"]
 def reserve(role: str, stats: WorkloadStats, batch: int) -> tuple[int, int, int]:
     """``(kv_tokens, act_tokens, logit_rows)`` of a replica of ``role`` at decode batch ``batch``
     (module docstring)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    check_role(role)
     P, ctx = stats.design_prompt, stats.context_tokens
     if role == "prefill":
         return P, P, 1

@@ -32,12 +32,12 @@ from ..costmodel import CostModel
 from ..devices import Cluster
 from ..errors import DeviceOOM, E2LLMError, WorkerDied
 from ..generation import Generation, greedy_decode
+from ..memory import MIB
 from ..model import ANATOMY
 from ..split import kv_pieces
 from .protocol import STATS_COLS, TRACE_COLS, ErrorKind, Op, Receiver, make_group, send, text_payload
 from .throttle import auto_dilation
 
-MIB = 2 ** 20
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> None:

@@ -29,7 +29,7 @@ from ..devices import transfer_ms
 from ..errors import DeviceOOM
 from ..memory import MemoryLedger
 from ..stage import Stage
-from .protocol import STATS_COLS, TRACE_COLS, ErrorKind, Message, Op, make_group, recv, send, text_payload
+from .protocol import TRACE_COLS, ErrorKind, Message, Op, make_group, recv, send, text_payload
 from .throttle import Throttle
 
 PHASES = ("prefill", "decode")
