@@ -6,34 +6,48 @@ import matplotlib.pyplot as plt
 
 from .memory import MIB
 
+#: Readable at the notebooks' default size: no text below 9 pt.
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+         "xtick.labelsize": 9, "ytick.labelsize": 9, "figure.titlesize": 11}
+plt.rcParams.update(STYLE)
+
 
 def plot_anatomy(anatomy, ax=None):
     """Bytes (MiB, fp32) of each piece of the model in pipeline order: embedding, layers, head."""
-    names = ["embed"] + [str(i) for i in range(anatomy.n_layers)] + ["norm+\nlm_head"]
+    names = ["embed"] + [str(i) if i % 5 == 0 and 0 < i < anatomy.n_layers - 2 else ""
+                         for i in range(anatomy.n_layers)] + ["norm +\nlm_head"]
     sizes = ([anatomy.embed_bytes] + [anatomy.layer_bytes] * anatomy.n_layers
              + [anatomy.embed_bytes + anatomy.norm_bytes])
-    fig, ax = _fig_ax(ax, (10, 3))
+    fig, ax = _fig_ax(ax, (10, 3.4))
     colors = ["tab:orange"] + ["tab:blue"] * anatomy.n_layers + ["tab:green"]
     ax.bar(range(len(sizes)), [s / MIB for s in sizes], color=colors)
-    ax.set_xticks(range(len(sizes)), names, fontsize=7)
+    ax.set_xticks(range(len(sizes)), names)
+    ax.set_xlabel("piece of the model, in pipeline order (decoder layers numbered 0 .. "
+                  f"{anatomy.n_layers - 1})")
     ax.set_ylabel("MiB (fp32)")
-    ax.set_title("SmolLM2-135M: weights a stage must hold, by piece "
+    ax.set_title("SmolLM2-135M: the weights a stage must hold, by piece\n"
                  "(the lm_head is the tied embedding, copied onto the last stage)")
     fig.tight_layout()
     return fig
 
 
-def plot_stage_memory(stages, ax=None):
-    """Stacked bars per stage: weights and KV cache (MiB) it holds right now."""
-    fig, ax = _fig_ax(ax, (6, 3))
+def plot_stage_memory(stages, title=None):
+    """What each stage holds right now, in two panels (the KV cache is ~1000x smaller than the
+    weights, so one stacked bar would hide it): weights (MiB) and KV cache (KiB)."""
+    fig, (aw, ak) = plt.subplots(1, 2, figsize=(10, 3.2))
     labels = [f"[{s.start},{s.end})" for s in stages]
     w = [s.weight_bytes / MIB for s in stages]
-    kv = [s.kv_bytes() / MIB for s in stages]
-    ax.bar(labels, w, label="weights", color="tab:blue")
-    ax.bar(labels, kv, bottom=w, label="KV cache", color="tab:red")
-    ax.set_ylabel("MiB")
-    ax.set_xlabel("stage (layer range)")
-    ax.legend()
+    kv = [s.kv_bytes() / 2 ** 10 for s in stages]
+    for ax, values, color, unit, what in ((aw, w, "tab:blue", "MiB", "weights"),
+                                          (ak, kv, "tab:red", "KiB", "KV cache")):
+        bars = ax.bar(labels, values, color=color)
+        ax.bar_label(bars, [f"{v:.1f}" for v in values], fontsize=9)
+        ax.set_ylabel(f"{what} ({unit})")
+        ax.set_xlabel("stage (layer range)")
+        ax.set_title(what)
+        ax.margins(y=0.15)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -70,13 +84,13 @@ def plot_catalog(catalog, ax=None):
     fig, ax = _fig_ax(ax, (6.5, 5))
     lo, hi = 0.3, 40
     ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
-    ax.text(lo * 1.3, lo * 1.15, "equally good at both", color="grey", fontsize=8, rotation=45)
+    ax.text(lo * 1.3, lo * 1.15, "equally good at both", color="grey", fontsize=9, rotation=45)
     colors = {"host": "black", "edge": "tab:blue", "fog": "tab:red"}
     for kind, e in catalog.items():
         ax.scatter(e["decode_speed"], e["prefill_speed"], s=20 + min(e["memory_mib"], 2000) / 8,
                    color=colors.get(e["tier"], "tab:grey"), alpha=0.7, edgecolor="k")
         ax.annotate(kind, (e["decode_speed"], e["prefill_speed"]), textcoords="offset points",
-                    xytext=(6, -3), fontsize=8)
+                    xytext=(6, -3), fontsize=9)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
@@ -115,7 +129,7 @@ def plot_profile(cm, axes=None):
     ax.set_xlabel("prompt tokens")
     ax.set_ylabel("ms per decoder layer (host, 1 thread)")
     ax.set_title("prefill: grows with the prompt (compute-bound)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     ax = axes[1]
     dec = [m for m in cm.measurements if m["op"] == "decode_layer"]
     batches = sorted({m["batch"] for m in dec}) or [1]
@@ -135,7 +149,7 @@ def plot_profile(cm, axes=None):
     ax.set_ylabel("ms per decoder layer, one step")
     ax.set_ylim(0, None)
     ax.set_title("decode: nearly flat in context (memory-bound)")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=9, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -165,7 +179,7 @@ def plot_predicted_vs_measured(cm, ax=None):
     ax.set_xlabel("measured ms")
     ax.set_ylabel("predicted ms")
     ax.set_title("cost model: predicted vs measured")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -182,7 +196,7 @@ def plot_device_times(cm, devices, tokens: int = 512, context: int | None = None
            color="tab:blue")
     ax.bar(x + 0.2, [r["decode_step_ms"] for r in rows], 0.4,
            label=f"one decode step (context {rows[0]['context'] if rows else tokens})", color="tab:orange")
-    ax.set_xticks(x, [r["device"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(x, [r["device"] for r in rows], rotation=20, ha="right", fontsize=9)
     for i, r in enumerate(rows):
         if r["device"] == highlight:
             ax.get_xticklabels()[i].set_fontweight("bold")
@@ -190,7 +204,7 @@ def plot_device_times(cm, devices, tokens: int = 512, context: int | None = None
     ax.set_yscale("log")
     ax.set_ylabel("device ms, whole model (30 layers + ends)")
     ax.set_title("the same work on different devices (cost model)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -247,9 +261,9 @@ def plot_timeline(rows, ax=None, title: str | None = None):
     ax.invert_yaxis()
     ax.set_xlabel("device time (ms)")
     handles, labels = ax.get_legend_handles_labels()
-    if handles:
+    if handles:  # below the axes: never on top of a bar
         ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(),
-                  loc="upper right", fontsize=8)
+                  loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3, frameon=False)
     ax.set_title(title or "timeline: compute (bars), link transfers (hatched), waiting (gaps)")
     fig.tight_layout()
     return fig
@@ -297,13 +311,13 @@ def plot_partition(partition, device_names, comm=None, ax=None, title=None, unit
     ax.bar([worst], [top], 0.6, fill=False, edgecolor="tab:red", lw=2.5)
     ax.axhline(top, color="tab:red", ls="--", lw=1)
     ax.annotate(f"bottleneck {top:.3g} {unit}", (worst, top), textcoords="offset points",
-                xytext=(0, 4), ha="center", color="tab:red", fontsize=8)
-    ax.set_xticks(x, labels, fontsize=8)
+                xytext=(0, 4), ha="center", color="tab:red", fontsize=9)
+    ax.set_xticks(x, labels, fontsize=9)
     ax.set_ylabel(f"stage time ({unit})")
     ax.set_ylim(0, top * 1.4)
     ax.set_title(title or f"{partition.objective} plan: bottleneck {partition.bottleneck:.3g} {unit}, "
                  f"latency {partition.latency:.3g} {unit}", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right", ncol=2)
+    ax.legend(fontsize=9, loc="upper right", ncol=2)
     fig.tight_layout()
     return fig
 
@@ -350,7 +364,7 @@ def plot_layer_map(plans, device_names, n_layers=None, ax=None, title=None):
         for d, s, e in stages:
             ax.barh(y, e - s, left=s, height=0.7, color=colors[d], edgecolor="white")
             ax.text((s + e) / 2, y, device_names[d] if e - s >= 2 else str(device_names[d])[:2],
-                    ha="center", va="center", fontsize=7, color="white", fontweight="bold")
+                    ha="center", va="center", fontsize=9, color="white", fontweight="bold")
     ax.set_yticks(range(len(rows)), list(rows))
     ax.invert_yaxis()
     ax.set_xlim(0, n_layers)
@@ -358,7 +372,7 @@ def plot_layer_map(plans, device_names, n_layers=None, ax=None, title=None):
     ax.set_xlabel("decoder layer")
     used = sorted({d for st in rows.values() for d, _, _ in st})
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[d]) for d in used]
-    ax.legend(handles, [device_names[d] for d in used], fontsize=8, loc="center left",
+    ax.legend(handles, [device_names[d] for d in used], fontsize=9, loc="center left",
               bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_title(title or "layer map: which device holds which layers", fontsize=9)
     fig.tight_layout()
@@ -402,7 +416,7 @@ def plot_pipeline(partition, device_names, comm=None, n_items=5, ax=None, unit="
         ax.broken_barh([(r["start_ms"], w)], (y - 0.35, 0.7), color=colors[r["item"]],
                        edgecolor="white")
         ax.text(r["start_ms"] + w / 2, y, str(r["item"] + 1), ha="center", va="center",
-                color="white", fontsize=7)
+                color="white", fontsize=9)
         if r["link_ms"] > 0:
             ax.broken_barh([(r["end_ms"], r["link_ms"])], (y - 0.15, 0.3), facecolor="none",
                            edgecolor="grey", hatch="///")
@@ -416,7 +430,7 @@ def plot_pipeline(partition, device_names, comm=None, n_items=5, ax=None, unit="
         ax.annotate("", xy=(exits[-1], -0.6), xytext=(exits[-2], -0.6),
                     arrowprops={"arrowstyle": "<->", "color": "tab:red"})
         ax.text((exits[-1] + exits[-2]) / 2, -0.65, f"{gap:.3g} {unit}", ha="center", va="bottom",
-                color="tab:red", fontsize=8)
+                color="tab:red", fontsize=9)
     ax.set_xlabel(f"time ({unit})")
     ax.set_title(title or f"{n_items} requests through the pipeline (numbers = request; hatched = "
                  f"transfer; red dotted = a request leaves)", fontsize=9)
@@ -456,7 +470,7 @@ def plot_convergence(history, ax=None, random_trace=None, title=None, log=True):
     ax.set_xlabel("distinct evaluations")
     ax.set_ylabel("fitness: mean waiting time (s)")
     ax.set_title(title or "GA convergence (shaded: overloaded plans, penalised)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -472,12 +486,12 @@ def plot_plan(plan, ax=None, title=None):
     for y, r in enumerate(plan.replicas):
         for dev, s, e in r.stages:
             ax.barh(y, e - s, left=s, color=colors.get(dev, "tab:grey"), edgecolor="white", height=0.7)
-            ax.text((s + e) / 2, y, dev, ha="center", va="center", fontsize=7,
+            ax.text((s + e) / 2, y, dev, ha="center", va="center", fontsize=9,
                     rotation=90 if e - s < 4 else 0)
         extra = (f"{r.prefill_period_s * 1e3:.0f} ms/prompt" if r.role == "prefill" else
                  f"B={r.batch}, {r.tokens_per_s:.0f} tok/s" if r.role == "decoder" else
                  f"{r.prefill_period_s * 1e3:.0f} ms/prompt, B={r.batch}")
-        ax.text(L + 0.3, y, extra, va="center", fontsize=8)
+        ax.text(L + 0.3, y, extra, va="center", fontsize=9)
     ax.set_yticks(range(len(plan.replicas)), [f"{r.name} {r.role}" for r in plan.replicas])
     for tick, r in zip(ax.get_yticklabels(), plan.replicas):
         tick.set_color(ROLE_COLORS.get(r.role, "black"))
@@ -507,6 +521,6 @@ def plot_wait_vs_rate(curves, ax=None, title=None):
     ax.set_xlabel("arrival rate (requests/s)")
     ax.set_ylabel("predicted mean waiting time (s)")
     ax.set_title(title or "waiting time vs load (a line ends where the plan is overloaded)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
