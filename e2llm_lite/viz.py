@@ -148,8 +148,32 @@ def plot_profile(cm, axes=None):
     ax.set_xlabel("context (tokens already cached per sequence)")
     ax.set_ylabel("ms per decoder layer, one step")
     ax.set_ylim(0, None)
-    ax.set_title("decode: nearly flat in context (memory-bound)")
+    ax.set_title("decode: one sequence barely grows with the context;\n"
+                 "big batches x long contexts climb (memory-bound)")
     ax.legend(fontsize=9, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_device_vs_host(cm, device, tokens: int = 512, host=None, ax=None):
+    """One decoder layer's time on ``device`` next to one host thread (``host``: a DeviceSpec with
+    speeds 1), for the prefill of a ``tokens``-token prompt and for one decode step at that
+    context (log scale)."""
+    fig, ax = _fig_ax(ax, (8.5, 3))
+    s = cm.device_summary(device, tokens=tokens)
+    labels = [f"prefill, {tokens} tokens", f"decode step, context {tokens}"]
+    ax.barh([0.2, 1.2], [s["prefill_layer_ms"], s["decode_layer_ms"]], 0.4,
+            label=getattr(device, "name", "device"))
+    if host is not None:
+        h = cm.device_summary(host, tokens=tokens)
+        ax.barh([-0.2, 0.8], [h["prefill_layer_ms"], h["decode_layer_ms"]], 0.4,
+                label="host thread", color="grey")
+    ax.set_yticks([0, 1], labels)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per decoder layer")
+    ax.set_title(f"{getattr(device, 'name', 'device')}: relatively better at {s['better_at']} "
+                 f"(prefill / decode speed {s['strength']:.2f})")
+    ax.legend()
     fig.tight_layout()
     return fig
 
