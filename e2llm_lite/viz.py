@@ -387,8 +387,10 @@ def plot_layer_map(plans, device_names, n_layers=None, ax=None, title=None):
     for y, (label, stages) in enumerate(rows.items()):
         for d, s, e in stages:
             ax.barh(y, e - s, left=s, height=0.7, color=colors[d], edgecolor="white")
-            ax.text((s + e) / 2, y, device_names[d] if e - s >= 2 else str(device_names[d])[:2],
-                    ha="center", va="center", fontsize=9, color="white", fontweight="bold")
+            name = str(device_names[d])
+            if e - s >= 0.45 * len(name) + 0.5:  # a name that does not fit is left to the legend
+                ax.text((s + e) / 2, y, name, ha="center", va="center", fontsize=9, color="white",
+                        fontweight="bold")
     ax.set_yticks(range(len(rows)), list(rows))
     ax.invert_yaxis()
     ax.set_xlim(0, n_layers)
@@ -398,7 +400,7 @@ def plot_layer_map(plans, device_names, n_layers=None, ax=None, title=None):
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[d]) for d in used]
     ax.legend(handles, [device_names[d] for d in used], fontsize=9, loc="center left",
               bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_title(title or "layer map: which device holds which layers", fontsize=9)
+    ax.set_title(title or "layer map: which device holds which layers")
     fig.tight_layout()
     return fig
 

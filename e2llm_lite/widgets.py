@@ -16,7 +16,13 @@ import ipywidgets as ipw
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-__all__ = ["Explorer", "explorer", "say"]
+from . import viz
+from .errors import InfeasiblePlan
+from .planning.arrays import dp_arrays, replace_device
+from .planning.baselines import exo_stages
+from .planning.dp import evaluate, partition
+
+__all__ = ["Explorer", "dp_what_if", "dp_what_if_view", "explorer", "say"]
 
 
 def say(text: str) -> None:
@@ -67,3 +73,47 @@ def explorer(fn: Callable, description: str, **controls) -> Explorer:
     fn(**ex.values)
     plt.show()
     return ex
+
+
+# ---------------------------------------------------------------- notebook 02: what if?
+
+def dp_what_if(cluster, cm, device: str, speed: float = 1.0, memory: float = 1.0,
+               phase: str = "prefill", tokens: int = 512) -> dict:
+    """The plans of notebook 02's explorer, without drawing: ``cluster`` with ``device``'s speeds
+    multiplied by ``speed`` and its memory by ``memory``, for a ``tokens``-token prefill or one
+    decode step at that context. Returns {"home (DP)", "yours (DP)", "yours (exo)", "arrays"}:
+    Partitions (None when nothing fits; exo's stages when its split does not fit)."""
+
+    shape = dict(tokens=tokens) if phase == "prefill" else dict(batch=1, context=tokens)
+    base = dp_arrays(cluster, cm, phase, **shape)
+    mine = dp_arrays(replace_device(cluster, device, speed=speed, memory=memory), cm, phase, **shape)
+    out = {"home (DP)": partition(**base.kwargs()), "arrays": mine}
+    try:
+        out["yours (DP)"] = partition(**mine.kwargs())
+    except InfeasiblePlan:
+        out["yours (DP)"] = None
+    stages = exo_stages(mine.device_mem, cm.n_layers, mine.names)
+    try:
+        out["yours (exo)"] = evaluate(stages, **mine.kwargs())
+    except InfeasiblePlan:
+        out["yours (exo)"] = stages
+    return out
+
+
+def dp_what_if_view(cluster, cm, device="orin", speed=1.0, memory=1.0, phase="prefill") -> None:
+    """Notebook 02's explorer: the layer maps of :func:`dp_what_if` and the stage bars of the DP's
+    plan for the changed cluster, with the bottlenecks."""
+    r = dp_what_if(cluster, cm, device, speed, memory, phase)
+    names = list(r["arrays"].names)
+    if r["yours (DP)"] is None:
+        print(f"no plan fits: {device} at {memory:g}x memory leaves the cluster too little room")
+        return
+    rows = {k: r[k] for k in ("home (DP)", "yours (DP)", "yours (exo)")}
+    viz.plot_layer_map(rows, names, cm.n_layers,
+                       title=f"{phase}: {device} at {speed:g}x speed, {memory:g}x memory")
+    plt.show()
+    viz.plot_partition(r["yours (DP)"], names, r["arrays"].comm)
+    plt.show()
+    exo = r["yours (exo)"]
+    exo_text = f"exo {exo.bottleneck:.2f} ms" if hasattr(exo, "bottleneck") else "exo's split does not fit"
+    print(f"DP bottleneck {r['yours (DP)'].bottleneck:.2f} ms, home4 {r['home (DP)'].bottleneck:.2f} ms, {exo_text}")
