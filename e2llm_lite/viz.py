@@ -502,18 +502,23 @@ def plot_convergence(history, ax=None, random_trace=None, title=None, log=True):
 
 
 def plot_plan(plan, ax=None, title=None):
-    """A serving plan: one row per replica (its role in the label and colour), a bar over layers
-    0..30 cut into the replica's stages, coloured and labelled by device (one colour per device of
-    the cluster, as in :func:`plot_layer_map`). ``plan``: a :class:`~e2llm_lite.planning.Plan`."""
+    """A serving plan: one row per replica (its role in the label, coloured by role — key below),
+    a bar over layers 0..30 cut into the replica's stages, coloured by device (one colour per
+    device of the cluster, as in :func:`plot_layer_map`; a device's name is written on its stage
+    when it fits, the legend on the right names them all). ``plan``: a
+    :class:`~e2llm_lite.planning.Plan`."""
     names = plan.devices or sorted({d for r in plan.replicas for d in r.devices})
     colors = dict(zip(names, device_colors(names)))
     L = max(e for r in plan.replicas for _, _, e in r.stages)
-    fig, ax = _fig_ax(ax, (10, 0.55 * len(plan.replicas) + 1.6))
+    fig, ax = _fig_ax(ax, (11, 0.6 * len(plan.replicas) + 2.0))
+    used = []
     for y, r in enumerate(plan.replicas):
         for dev, s, e in r.stages:
             ax.barh(y, e - s, left=s, color=colors.get(dev, "tab:grey"), edgecolor="white", height=0.7)
-            ax.text((s + e) / 2, y, dev, ha="center", va="center", fontsize=9,
-                    rotation=90 if e - s < 4 else 0)
+            used.append(dev)
+            if e - s >= 0.42 * len(dev) + 0.5:
+                ax.text((s + e) / 2, y, dev, ha="center", va="center", fontsize=9, color="white",
+                        fontweight="bold")
         extra = (f"{r.prefill_period_s * 1e3:.0f} ms/prompt" if r.role == "prefill" else
                  f"B={r.batch}, {r.tokens_per_s:.0f} tok/s" if r.role == "decoder" else
                  f"{r.prefill_period_s * 1e3:.0f} ms/prompt, B={r.batch}")
@@ -521,14 +526,69 @@ def plot_plan(plan, ax=None, title=None):
     ax.set_yticks(range(len(plan.replicas)), [f"{r.name} {r.role}" for r in plan.replicas])
     for tick, r in zip(ax.get_yticklabels(), plan.replicas):
         tick.set_color(ROLE_COLORS.get(r.role, "black"))
-    ax.set_xlim(0, L * 1.25)
+    ax.set_xlim(0, L * 1.3)
     ax.set_ylim(len(plan.replicas) - 0.5, -0.5)
     ax.set_xlabel("layers")
+    devs = [d for d in names if d in used]
+    roles = list(dict.fromkeys(r.role for r in plan.replicas))
+    handles = ([plt.Rectangle((0, 0), 1, 1, color=colors[d]) for d in devs]
+               + [plt.Line2D([], [], ls="", marker="s", color=ROLE_COLORS.get(r, "black")) for r in roles])
+    ax.legend(handles, devs + [f"role: {r} (label colour)" for r in roles], loc="center left",
+              bbox_to_anchor=(1.01, 0.5), frameon=False, ncol=1 + (len(handles) > 2 * len(plan.replicas) + 4))
     p = plan.predicted or {}
     wait = (f"mean waiting {p['mean_wait_s']:.3g} s" if p.get("feasible")
             else "overloaded" if p else "")
     ax.set_title(title or f"{plan.strategy} on {plan.cluster} — {plan.workload.name} at "
-                 f"{plan.rate:g} req/s: {wait}", fontsize=10)
+                 f"{plan.rate:g} req/s: {wait}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_method_comparison(rows, ax=None, title=None):
+    """Horizontal bars of predicted mean waiting (s) per search method: ``rows`` = (label, waiting
+    s, evaluations or None)."""
+    fig, ax = _fig_ax(ax, (8, 0.5 * len(rows) + 1.2))
+    palette = ["tab:green", "tab:red", "tab:blue", "tab:cyan", "tab:grey", "tab:purple"]
+    ax.barh([r[0] for r in rows], [r[1] for r in rows], color=palette[:len(rows)])
+    for y, (_, f, ev) in enumerate(rows):
+        ax.text(f, y, f" {f:.3f} s" + ("" if ev is None else f"  ({ev} evaluations)"), va="center")
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(r[1] for r in rows) * 1.6)
+    ax.set_xlabel("predicted mean waiting time (s), lower is better")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_queueing_basics(loads=None):
+    """The queueing formulas of the evaluator, from one server up: left, M/M/1 (mean wait in units
+    of the service time vs the load rho); right, c servers sharing one queue with the same total
+    capacity (M/M/c, Erlang C), and the Allen-Cunneen factor for less or more variable traffic."""
+    import numpy as np
+
+    from .planning.queueing import mmc_wait
+
+    rho = np.linspace(0.02, 0.97, 120) if loads is None else np.asarray(loads)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a1.plot(rho, rho / (1 - rho), color="tab:blue", label="M/M/1: $W_q = s\\,\\rho/(1-\\rho)$")
+    a1.set_xlabel("load $\\rho = \\lambda s$ (fraction of the server's capacity)")
+    a1.set_ylabel("mean wait / service time $s$")
+    a1.set_yscale("log")
+    a1.set_title("one server: the wait explodes as the load nears 1")
+    a1.legend()
+    for c, col in zip((1, 2, 4, 8), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        # total capacity 1 request per unit of time: each server is c times slower
+        a2.plot(rho, [mmc_wait(r, c, 1.0) for r in rho], color=col, label=f"M/M/c, c = {c}")
+    for k, ls in ((0.5, ":"), (2.0, "--")):
+        a2.plot(rho, [k * mmc_wait(r, 4, 1.0) for r in rho], color="tab:green", ls=ls,
+                label=f"c = 4, $(c_a^2 + c_s^2)/2$ = {k:g}")
+    a2.set_xlabel("load $\\lambda / M$ (total capacity $M$ = 1 request per unit of time)")
+    a2.set_ylabel("mean wait (units of time)")
+    a2.set_yscale("log")
+    a2.set_ylim(1e-3, None)
+    a2.set_title("c servers, one queue, same total capacity")
+    a2.legend(ncol=2)
     fig.tight_layout()
     return fig
 

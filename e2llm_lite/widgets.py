@@ -18,11 +18,14 @@ from IPython.display import Markdown, display
 
 from . import viz
 from .errors import InfeasiblePlan
+from .planning import baselines
 from .planning.arrays import dp_arrays, replace_device
 from .planning.baselines import exo_stages
 from .planning.dp import evaluate, partition
+from .planning.ga import GAConfig, ga_search
+from .planning.search import exhaustive_search
 
-__all__ = ["Explorer", "dp_what_if", "dp_what_if_view", "explorer", "say"]
+__all__ = ["Explorer", "dp_what_if", "dp_what_if_view", "explorer", "ga_run", "ga_view", "say"]
 
 
 def say(text: str) -> None:
@@ -117,3 +120,32 @@ def dp_what_if_view(cluster, cm, device="orin", speed=1.0, memory=1.0, phase="pr
     exo = r["yours (exo)"]
     exo_text = f"exo {exo.bottleneck:.2f} ms" if hasattr(exo, "bottleneck") else "exo's split does not fit"
     print(f"DP bottleneck {r['yours (DP)'].bottleneck:.2f} ms, home4 {r['home (DP)'].bottleneck:.2f} ms, {exo_text}")
+
+
+# ---------------------------------------------------------------- notebook 03: the GA's knobs
+
+def ga_run(problem_at, population: int = 20, mutation_rate: float = 0.7, rate: float = 3.0,
+           seed: int = 0, generations: int = 30) -> dict:
+    """Notebook 03's explorer without drawing: the GA (first population seeded with the baselines)
+    with a small budget on ``problem_at(rate)`` (a function giving a fresh SearchProblem), and the
+    exhaustive optimum at that rate. Returns {"grouping", "fitness", "history", "plan", "optimum"}."""
+    prob = problem_at(rate)
+    best, f, hist = ga_search(prob, GAConfig(population=population, mutation_rate=mutation_rate,
+                                             generations=generations), seed=seed,
+                              seeds=baselines.seed_groupings)
+    opt = exhaustive_search(problem_at(rate))[1]
+    return {"grouping": best, "fitness": f, "history": hist, "plan": prob.to_plan(best, "e2llm"),
+            "optimum": opt}
+
+
+def ga_view(problem_at, population=20, mutation_rate=0.7, rate=3.0, seed=0) -> None:
+    """Notebook 03's explorer: :func:`ga_run`'s convergence and plan, and its gap to the optimum."""
+    r = ga_run(problem_at, population, mutation_rate, rate, seed)
+    viz.plot_convergence(r["history"], title=f"population {population}, mutation {mutation_rate:g}, "
+                                             f"{rate:g} req/s")
+    plt.show()
+    viz.plot_plan(r["plan"])
+    plt.show()
+    gap = ("= the optimum" if abs(r["fitness"] - r["optimum"]) <= 1e-9 * r["optimum"]
+           else f"optimum {r['optimum']:.4g} s")
+    print(f"GA best {r['fitness']:.4g} s after {r['history'].evaluations[-1]} evaluations ({gap})")
