@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 from .memory import MIB
+from .planning.queueing import mmc_wait
 
 #: Readable at the notebooks' default size: no text below 9 pt.
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
@@ -566,8 +567,6 @@ def plot_queueing_basics(loads=None):
     of the service time vs the load rho); right, c servers sharing one queue with the same total
     capacity (M/M/c, Erlang C), and the Allen-Cunneen factor for less or more variable traffic."""
     import numpy as np
-
-    from .planning.queueing import mmc_wait
 
     rho = np.linspace(0.02, 0.97, 120) if loads is None else np.asarray(loads)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
