@@ -147,7 +147,8 @@ def cmd_worker(args) -> dict:
                          "(and MASTER_ADDR, MASTER_PORT)") from None
     if not 1 <= rank < world:
         raise ValueError(f"RANK must be in 1..WORLD_SIZE-1 (rank 0 is the driver), got {rank}")
-    run_worker(rank, world, os.environ.get("MASTER_ADDR", "127.0.0.1"), port, local=False)
+    run_worker(rank, world, os.environ.get("MASTER_ADDR", "127.0.0.1"), port,
+               bind=os.environ.get("E2LLM_BIND_ADDR") or None)
     return {}
 
 

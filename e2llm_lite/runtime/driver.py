@@ -1,9 +1,11 @@
 """The driver: starts one worker process per device, places layer slices, runs pipelines.
 
 ``EmulatedCluster(cluster)`` is rank 0 of a gloo group whose ranks 1..N are the cluster's
-devices (device ``i`` is rank ``i + 1``). On one machine it spawns the workers itself on loopback;
-with ``spawn=False`` it waits for N workers started elsewhere with ``e2llm-lite worker``
-(MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE). Use it as a context manager: every worker is
+devices (device ``i`` is rank ``i + 1``). On one machine it spawns the workers itself: they meet
+through a file in a private temporary folder (no rendezvous socket) and the group's sockets listen
+on 127.0.0.1 only. With ``spawn=False`` it waits for N workers started elsewhere with
+``e2llm-lite worker`` (MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE); then the driver's TCPStore
+listens on every interface of this machine (see :func:`~e2llm_lite.runtime.protocol.make_group`). Use it as a context manager: every worker is
 stopped on success, on error and on Ctrl-C, and a worker that dies is reported within about a
 second instead of being waited on.
 
@@ -16,10 +18,14 @@ Times: every duration the driver reports is **device time** in ms (wall time / d
 from __future__ import annotations
 
 import atexit
+import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 import weakref
@@ -35,7 +41,8 @@ from ..generation import Generation, greedy_decode
 from ..memory import MIB
 from ..model import ANATOMY
 from ..split import kv_pieces
-from .protocol import STATS_COLS, TRACE_COLS, ErrorKind, Op, Receiver, make_group, send, text_payload
+from .protocol import (CONNECT_TIMEOUT_S, STATS_COLS, TRACE_COLS, ErrorKind, Op, Receiver, make_group,
+                       send, text_payload)
 from .throttle import auto_dilation
 
 
@@ -69,6 +76,7 @@ class EmulatedCluster:
         at ``concurrency`` simultaneously computing workers on ``host_cores`` cores (margin 1.5,
         or 2.0 with ``calibrate``: a calibrated device runs at its speed x the host factor).
     timeout_s: the longest the driver waits for any single reply.
+    connect_timeout_s: the longest the workers may take to start and join (s).
     calibrate: if True, every stage is calibrated right after it is loaded (:meth:`calibrate`):
         its device then runs at the speed the cost model ``costmodel`` (default: the shipped
         reference profile) predicts, whatever this host's speed today. If False (the default) a
@@ -78,7 +86,7 @@ class EmulatedCluster:
     def __init__(self, cluster: Cluster, dilation: float | None = None, concurrency: int = 1,
                  host_cores: int = 2, timeout_s: float = 120.0, addr: str = "127.0.0.1",
                  port: int | None = None, spawn: bool = True, calibrate: bool = False,
-                 costmodel=None):
+                 costmodel=None, connect_timeout_s: float = CONNECT_TIMEOUT_S):
         self.cluster = cluster
         self.auto_calibrate = bool(calibrate)
         self.costmodel = costmodel
@@ -98,22 +106,28 @@ class EmulatedCluster:
         self.placements: dict[str, StagePlacement] = {}
         self.bytes_sent = 0
         self._stopped = False
+        self._tmp = None
+        self.connect_timeout_s = float(connect_timeout_s)
 
     # ---- life cycle ----------------------------------------------------------------------------
     def rank(self, device: str) -> int:
         return self.cluster.names.index(self.cluster.device(device).name) + 1
 
     def start(self) -> "EmulatedCluster":
-        if self.spawn:  # a fresh interpreter per device: works from scripts, notebooks and tests
-            for r in range(1, self.world):
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "e2llm_lite.runtime.worker", "--rank", str(r),
-                     "--world", str(self.world), "--addr", self.addr, "--port", str(self.port),
-                     "--local"], stdin=subprocess.DEVNULL))
         _live.add(self)
         try:
-            self.store, self.pg = make_group(0, self.world, self.addr, self.port,
-                                             max(self.timeout_s, 30.0))
+            if self.spawn:  # a fresh interpreter per device: works from scripts, notebooks and tests
+                self._tmp = tempfile.mkdtemp(prefix="e2llm-")
+                group = dict(store_file=os.path.join(self._tmp, "store"), bind="127.0.0.1")
+                for r in range(1, self.world):
+                    self.procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "e2llm_lite.runtime.worker", "--rank", str(r),
+                         "--world", str(self.world), "--store-file", group["store_file"],
+                         "--parent", str(os.getpid()), "--connect-timeout", f"{self.connect_timeout_s:g}",
+                         "--local"], stdin=subprocess.DEVNULL))
+            else:
+                group = dict(addr=self.addr, port=self.port, bind=os.environ.get("E2LLM_BIND_ADDR") or None)
+            self.store, self.pg = self._join(group)
             self.store.set("e2llm/driver", "1")
             self.receiver = Receiver(self.pg)
             for dev in self.cluster.devices:
@@ -131,27 +145,57 @@ class EmulatedCluster:
             raise
         return self
 
+    def _join(self, group: dict):
+        """Join the group on a helper thread, so that Ctrl-C reaches this one at once and a worker
+        that dies while starting is noticed; bounded by ``connect_timeout_s``."""
+        box: dict = {}
+
+        def join():
+            try:
+                box["group"] = make_group(0, self.world, max(self.timeout_s, 30.0),
+                                          connect_timeout_s=self.connect_timeout_s, **group)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                box["error"] = e
+
+        t = threading.Thread(target=join, name="e2llm-join", daemon=True)
+        t.start()
+        deadline = time.monotonic() + self.connect_timeout_s + 5.0
+        while t.is_alive():
+            t.join(0.2)
+            self._check_alive()
+            if time.monotonic() > deadline:
+                break
+        if "group" in box:
+            return box["group"]
+        where = "" if self.spawn else f" at {self.addr}:{self.port}"
+        why = f": {str(box['error']).splitlines()[0][:160]}" if "error" in box else ""
+        raise WorkerDied(f"the {self.world - 1} device workers did not join{where} within "
+                         f"{self.connect_timeout_s:g} s{why}")
+
     def __enter__(self) -> "EmulatedCluster":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.stop(timeout_s=1.0 if exc_type else 2.0)   # after an error or Ctrl-C: no dawdling
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop every worker: a STOP message, then terminate, then kill. Idempotent."""
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop every worker: a STOP message and up to ``timeout_s`` for them to exit (none if a
+        worker died: the group is broken), then terminate, then kill. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
         _live.discard(self)
-        if self.pg is not None:
+        # a group with a dead worker is broken (the others may be stuck mid-step): no polite wait
+        intact = not any(p.poll() is not None for p in self.procs)
+        if self.pg is not None and intact:  # ask every worker to stop; never wait long on one
             for r in range(1, self.world):
                 try:
-                    self._send(r, Op.STOP)
+                    send(self.pg, r, Op.STOP, 0, timeout_s=1.0)
                 except Exception:
                     pass
-        deadline = time.monotonic() + timeout_s
-        for p in self.procs:
-            _wait(p, deadline - time.monotonic())
+            deadline = time.monotonic() + timeout_s
+            for p in self.procs:
+                _wait(p, deadline - time.monotonic())
         for p in self.procs:
             if p.poll() is None:
                 p.terminate()
@@ -167,6 +211,8 @@ class EmulatedCluster:
             except Exception:
                 pass
         self.pg = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     # ---- messaging -----------------------------------------------------------------------------
     def _send(self, rank: int, op: Op, **kw) -> None:

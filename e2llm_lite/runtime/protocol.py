@@ -83,18 +83,43 @@ class Message:
         return bytes(self.payload.numpy()).decode("utf-8", "replace") if self.payload is not None else ""
 
 
-def make_group(rank: int, world: int, addr: str, port: int, timeout_s: float):
-    """Join the gloo group through a TCPStore that rank 0 hosts; returns (store, process group)."""
+#: How long joining the group may take (s) unless the caller says otherwise.
+CONNECT_TIMEOUT_S = 60.0
+
+
+def make_group(rank: int, world: int, timeout_s: float, *, store_file: str | None = None,
+               addr: str = "127.0.0.1", port: int | None = None, bind: str | None = "127.0.0.1",
+               connect_timeout_s: float = CONNECT_TIMEOUT_S):
+    """Join the gloo group of ``world`` ranks; returns (store, process group).
+
+    Rendezvous: with ``store_file`` (one machine) through a FileStore in that file — no socket
+    listens for it; else (several machines) through the TCPStore rank 0 hosts at ``addr:port``,
+    which listens on *every* interface of rank 0's machine (torch's TCPStore cannot be bound to
+    one address) and has no authentication: run multi-host only on a network you trust.
+    ``bind``: the address gloo's own sockets listen on (loopback by default; None: torch's choice,
+    the address the host name resolves to). ``timeout_s`` bounds every message wait of the group;
+    ``connect_timeout_s`` bounds the rendezvous.
+    """
     import torch.distributed as dist
 
-    timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout, wait_for_workers=False)
-    return store, dist.ProcessGroupGloo(store, rank, world, timeout)
+    connect = datetime.timedelta(seconds=connect_timeout_s)
+    if store_file:
+        store = dist.FileStore(store_file, world)
+        store.set_timeout(connect)
+    else:
+        store = dist.TCPStore(addr, port, world, rank == 0, timeout=connect, wait_for_workers=False)
+    opts = dist.ProcessGroupGloo._Options()
+    opts._timeout = datetime.timedelta(seconds=timeout_s)
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=bind) if bind
+                     else dist.ProcessGroupGloo.create_default_device()]
+    return store, dist.ProcessGroupGloo(store, rank, world, opts)
 
 
 def send(pg, dst: int, op: Op, src: int, request: int = 0, a: int = 0, b: int = 0, c: int = 0,
-         d: int = 0, payload=None) -> int:
-    """Send one message; returns the bytes put on the wire (header + payload)."""
+         d: int = 0, payload=None, timeout_s: float | None = None) -> int:
+    """Send one message; returns the bytes put on the wire (header + payload). ``timeout_s``
+    bounds the wait for the send to complete (default: the group's timeout)."""
+    wait = () if timeout_s is None else (datetime.timedelta(seconds=timeout_s),)
     header = torch.zeros(HEADER_LEN, dtype=torch.int64)
     header[:7] = torch.tensor([int(op), src, request, a, b, c, d])
     tensor = None
@@ -106,10 +131,10 @@ def send(pg, dst: int, op: Op, src: int, request: int = 0, a: int = 0, b: int = 
         header[7] = _CODES[tensor.dtype]
         header[8] = tensor.dim()
         header[9:9 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
-    pg.send([header], dst, TAG).wait()
+    pg.send([header], dst, TAG).wait(*wait)
     nbytes = header.numel() * 8
     if tensor is not None:
-        pg.send([tensor], dst, TAG).wait()
+        pg.send([tensor], dst, TAG).wait(*wait)
         nbytes += tensor.numel() * tensor.element_size()
     return nbytes
 

@@ -6,51 +6,65 @@ weight), runs forward steps at its device's speed for the step's phase, forwards
 to the next stage over an emulated link, and exports / imports per-request KV caches. Any error
 in a step is reported to the driver as an ``ERROR`` message; the worker keeps serving.
 
-It stops by itself when the driver goes away: a locally spawned worker dies with its parent
-(``PR_SET_PDEATHSIG``), and every worker checks once a second that the driver's TCPStore still
-answers.
+It stops by itself when the driver goes away. A worker the driver spawned (``--local``) asks the
+kernel to kill it when its parent exits (``PR_SET_PDEATHSIG``), leaves Ctrl-C to the driver and
+checks that its parent is still the driver — all *before* importing torch, which takes seconds —
+then keeps checking its parent twice a second. A multi-host worker checks once a second that the
+driver's TCPStore still answers. Joining the group is bounded by ``--connect-timeout`` seconds.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
-import threading
-import time
-
-os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # torch's C++ stack dumps are not for users
-
-import numpy as np
-import torch
-
-from ..devices import transfer_ms
-from ..errors import DeviceOOM
-from ..memory import MemoryLedger
-from ..stage import Stage
-from .protocol import TRACE_COLS, ErrorKind, Message, Op, make_group, recv, send, text_payload
-from .throttle import Throttle
-
-PHASES = ("prefill", "decode")
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent exits (no orphans after a crash)."""
+def _guard_local_worker(argv: list[str]) -> None:
+    """A spawned worker's first act (before anything slow): die with the driver, ignore Ctrl-C
+    (the driver stops its workers), and exit at once if the driver is already gone."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if "--parent" in argv and os.getppid() != int(argv[argv.index("--parent") + 1]):
+        os._exit(0)
+
+
+if __name__ == "__main__" and "--local" in sys.argv:
+    _guard_local_worker(sys.argv)
+
+import math  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # torch's C++ stack dumps are not for users
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..devices import transfer_ms  # noqa: E402
+from ..errors import DeviceOOM  # noqa: E402
+from ..memory import MemoryLedger  # noqa: E402
+from ..stage import Stage  # noqa: E402
+from .protocol import (CONNECT_TIMEOUT_S, TRACE_COLS, ErrorKind, Message, Op, make_group,  # noqa: E402
+                       recv, send, text_payload)
+from .throttle import Throttle  # noqa: E402
+
+PHASES = ("prefill", "decode")
 
 
 class Worker:
     """The state of one device worker. Times in seconds; sizes in bytes."""
 
-    def __init__(self, rank: int, world: int, addr: str, port: int, timeout_s: float):
-        self.rank, self.world = rank, world
-        self.store, self.pg = make_group(rank, world, addr, port, timeout_s)
+    def __init__(self, rank: int, world: int, timeout_s: float, parent: int | None = None, **group):
+        self.rank, self.world, self.parent = rank, world, parent
+        if parent is not None:  # watch the driver from the start: joining the group can block
+            threading.Thread(target=self.watch_parent, name="e2llm-parent", daemon=True).start()
+        self.store, self.pg = make_group(rank, world, timeout_s, **group)
         self.name = f"rank{rank}"
         self.throttle = Throttle()
         self.links = np.zeros((world, 2))      # (Mbit/s, ms) to each rank; 0 Mbit/s = free
@@ -95,9 +109,17 @@ class Worker:
                 print(f"e2llm-lite worker {self.rank}: the driver is gone, stopping", file=sys.stderr)
                 os._exit(0)
 
+    def watch_parent(self) -> None:
+        """Exit the process as soon as the driver (our parent) is gone (checked twice a second)."""
+        while True:
+            if os.getppid() != self.parent:
+                os._exit(0)
+            time.sleep(0.5)
+
     def serve(self) -> None:
         """Receive on this thread (no hand-off between threads on the hot path) until STOP."""
-        threading.Thread(target=self.watch_driver, name="e2llm-watchdog", daemon=True).start()
+        if self.parent is None:  # a multi-host worker: watch the driver's store
+            threading.Thread(target=self.watch_driver, name="e2llm-watchdog", daemon=True).start()
         while True:
             msg = recv(self.pg)
             if msg.payload is not None:
@@ -243,15 +265,28 @@ class Worker:
         self.send(0, Op.ACK, a=int(Op.TRACE), payload=rows)
 
 
-def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int = 29500,
-               timeout_s: float = 3600.0, local: bool = True) -> None:
-    """Entry point of a device process (spawned locally, or via ``e2llm-lite worker``)."""
-    if local:
-        _die_with_parent()
+def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int | None = 29500,
+               timeout_s: float = 3600.0, *, store_file: str | None = None, parent: int | None = None,
+               connect_timeout_s: float = CONNECT_TIMEOUT_S, bind: str | None = None) -> None:
+    """Entry point of a device process: spawned by the driver on this machine (``store_file``,
+    ``parent``: rendezvous through a file, sockets on loopback, exit when the parent does), or
+    started with ``e2llm-lite worker`` for a multi-host run (``addr:port``: the driver's TCPStore;
+    ``bind``: this machine's address for the group's sockets, default: what the host name
+    resolves to). ``timeout_s`` bounds every message wait; ``connect_timeout_s`` the rendezvous."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    worker = Worker(rank, world, addr, port, timeout_s)
+    group = (dict(store_file=store_file, bind="127.0.0.1") if store_file
+             else dict(addr=addr, port=port, bind=bind))
+    try:
+        worker = Worker(rank, world, timeout_s, parent=parent, connect_timeout_s=connect_timeout_s,
+                        **group)
+    except Exception as e:  # no driver within the connect timeout, an unreachable address, ...
+        where = f"the store file {store_file}" if store_file else f"{addr}:{port}"
+        print(f"e2llm-lite worker {rank}: could not join the driver at {where} within "
+              f"{connect_timeout_s:g} s ({type(e).__name__}: {str(e).splitlines()[0][:120]})",
+              file=sys.stderr)
+        os._exit(3)
     try:
         worker.serve()
     except Exception as e:  # the driver vanished or the group broke: exit quietly
@@ -272,11 +307,15 @@ def main(argv=None) -> None:
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--world", type=int, required=True)
     p.add_argument("--addr", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int)
+    p.add_argument("--store-file", help="rendezvous through this file (workers the driver spawned)")
+    p.add_argument("--parent", type=int, help="the driver's pid: exit when it is gone")
     p.add_argument("--timeout", type=float, default=3600.0)
-    p.add_argument("--local", action="store_true", help="die with the parent process")
+    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
+    p.add_argument("--local", action="store_true", help="spawned by the driver: die with it")
     a = p.parse_args(argv)
-    run_worker(a.rank, a.world, a.addr, a.port, a.timeout, a.local)
+    run_worker(a.rank, a.world, a.addr, a.port, a.timeout, store_file=a.store_file, parent=a.parent,
+               connect_timeout_s=a.connect_timeout)
 
 
 if __name__ == "__main__":
