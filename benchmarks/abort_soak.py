@@ -22,20 +22,11 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from proc_tags import tagged  # noqa: E402
+
 GRACE_S = 5.0
-
-
-def tagged(tag: str) -> list[int]:
-    needle = f"E2LLM_TEST_TAG={tag}".encode()
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if needle in (d / "environ").read_bytes().split(b"\0"):
-                    out.append(int(d.name))
-            except OSError:
-                continue
-    return out
 
 
 def one_run(sig: signal.Signals, delay_s: float) -> tuple[float, float, int]:

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import psutil
 import pytest
@@ -21,22 +20,9 @@ import pytest
 from e2llm_lite.devices import default_cluster
 from e2llm_lite.errors import WorkerDied
 from e2llm_lite.runtime.driver import EmulatedCluster
+from proc_tags import tagged
 
 GRACE_S = 5.0   # a worker may outlive its driver by at most this long; so may a stop
-
-
-def tagged(tag: str) -> list[int]:
-    """Pids of the processes whose environment carries ``E2LLM_TEST_TAG=tag``."""
-    needle = f"E2LLM_TEST_TAG={tag}".encode()
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if needle in (d / "environ").read_bytes().split(b"\0"):
-                    out.append(int(d.name))
-            except OSError:
-                continue
-    return out
 
 
 def wait_gone(tag: str, timeout_s: float) -> float:
