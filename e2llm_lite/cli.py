@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("e2llm-lite: interrupted", file=sys.stderr)
         return 130
-    except (E2LLMError, ValueError, FileNotFoundError) as e:
+    except (E2LLMError, ValueError, OSError) as e:  # OSError: a file that cannot be read or written
         print(f"e2llm-lite: error: {e}", file=sys.stderr)
         return 2
     if args.json:

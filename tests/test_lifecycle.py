@@ -144,3 +144,17 @@ def test_a_killed_worker_ends_the_run_quickly(after_s):
     assert took <= GRACE_S + 2, f"the run took {took:.1f} s to end after the worker died"
     assert proc.returncode == 2 and err and err[-1].startswith("e2llm-lite: error:"), err[-5:]
     assert "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--prompt", "hi", "--devices", "2", "--dilation", "inf"],
+    ["generate", "--prompt", "hi", "--devices", "2", "--dilation", "1e30"],
+    ["plan", "--cluster", "home4", "--workload", "conv", "--rate", "1", "--quick", "--out", "/tmp"],
+], ids=["dilation-inf", "dilation-1e30", "plan-out-a-directory"])
+def test_bad_input_is_one_line_and_exit_2(argv, capsys):
+    from e2llm_lite import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("e2llm-lite: error:"), err
+    assert "dilation" in err[0] or "/tmp" in err[0]

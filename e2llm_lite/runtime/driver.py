@@ -60,6 +60,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Largest clock dilation: a 1-second step then lasts 11.6 days of wall time.
+MAX_DILATION = 1e6
+
+
 @dataclass(frozen=True)
 class StagePlacement:
     """Layers [start, end) on the device named ``device``."""
@@ -96,8 +100,9 @@ class EmulatedCluster:
         self.dilation = (auto_dilation(fastest, concurrency, host_cores,
                                        margin=2.0 if calibrate else 1.5)
                          if dilation is None else float(dilation))
-        if not self.dilation >= 1.0:
-            raise ValueError(f"dilation must be >= 1, got {dilation}")
+        if not 1.0 <= self.dilation <= MAX_DILATION:  # also refuses NaN and inf
+            raise ValueError(f"dilation must be a number from 1 to {MAX_DILATION:g} (the clock is sent to "
+                             f"the workers in micro-units of an int64), got {dilation}")
         self.timeout_s = timeout_s
         self.addr, self.port, self.spawn = addr, port or free_port(), spawn
         self.world = len(cluster) + 1
