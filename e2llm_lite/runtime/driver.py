@@ -104,7 +104,9 @@ class EmulatedCluster:
             raise ValueError(f"dilation must be a number from 1 to {MAX_DILATION:g} (the clock is sent to "
                              f"the workers in micro-units of an int64), got {dilation}")
         self.timeout_s = timeout_s
-        self.addr, self.port, self.spawn = addr, port or free_port(), spawn
+        # spawned workers meet through a file: only a multi-host run needs the store's port
+        self.addr, self.spawn = addr, spawn
+        self.port = None if spawn else (port or free_port())
         self.world = len(cluster) + 1
         self.procs: list = []
         self.pg = self.store = self.receiver = None
