@@ -12,6 +12,7 @@ import json
 import sys
 
 from .errors import E2LLMError
+from .runtime.limits import CONNECT_TIMEOUT_S
 
 DEFAULT_PROMPT = "Explain pipeline parallelism in two sentences."
 
@@ -27,6 +28,66 @@ def _parse_split(text: str) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def _whole(low: int):
+    """An argparse type: a whole number >= ``low``, named in the message."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _env_int(name: str, default: int | None = None, low: int = 0, high: int | None = None) -> int:
+    """The environment variable ``name`` as a whole number in ``low..high``; ValueError naming it."""
+    import os
+
+    text = os.environ.get(name)
+    if text is None:
+        if default is None:
+            raise ValueError(f"the environment variable {name} is not set")
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"the environment variable {name} must be a whole number, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"the environment variable {name} must be in {low}..{high if high is not None else ''}"
+                         f", got {value}")
+    return value
+
+
+def _master() -> tuple[str, int]:
+    """MASTER_ADDR (default 127.0.0.1, checked to resolve) and MASTER_PORT (1..65535)."""
+    import os
+    import socket
+
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = _env_int("MASTER_PORT", 29500, 1, 65535)
+    try:
+        socket.getaddrinfo(addr, port)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"the environment variable MASTER_ADDR={addr!r} does not resolve to an "
+                         f"address ({e})") from None
+    return addr, port
+
+
 def _ranges(args) -> list[tuple[int, int]]:
     from .model import ANATOMY
     from .split import even_split
@@ -38,15 +99,13 @@ def _ranges(args) -> list[tuple[int, int]]:
 
 
 def _load_cluster(args):
-    from .devices import Cluster, default_cluster, list_presets, preset
+    from .devices import default_cluster, load_cluster
 
     if args.cluster and args.devices:
         raise ValueError("give either --cluster or --devices, not both")
     if args.devices is not None:
         return default_cluster(args.devices)
-    if args.cluster in list_presets():
-        return preset(args.cluster)
-    return Cluster.load(args.cluster)
+    return load_cluster(args.cluster)
 
 
 def cmd_generate(args) -> dict:
@@ -70,6 +129,7 @@ def cmd_generate(args) -> dict:
 
 
 def _generate_emulated(args) -> dict:
+    from .generation import check_lengths
     from .model import ANATOMY, chat_ids, checkpoint_dir, load_tokenizer
     from .runtime.driver import EmulatedCluster
     from .split import even_split
@@ -82,15 +142,19 @@ def _generate_emulated(args) -> dict:
     folder = checkpoint_dir(progress=False)
     tok = load_tokenizer(folder)
     ids = chat_ids(tok, args.prompt)
+    check_lengths(len(ids), args.max_new_tokens, ANATOMY.max_positions)  # before any worker starts
     stages = [(d.name, a, b) for d, (a, b) in zip(cluster.devices, ranges)]
-    net = {}
+    net = {"connect_timeout_s": args.connect_timeout}
     if args.external:  # workers started elsewhere with `e2llm-lite worker`
         import os
 
         if "MASTER_PORT" not in os.environ:
             raise ValueError("--external needs MASTER_PORT (and MASTER_ADDR) in the environment")
-        net = {"spawn": False, "addr": os.environ.get("MASTER_ADDR", "127.0.0.1"),
-               "port": int(os.environ["MASTER_PORT"])}
+        addr, port = _master()
+        net |= {"spawn": False, "addr": addr, "port": port}
+        print(f"waiting up to {args.connect_timeout:g} s for {len(cluster)} workers at {addr}:{port} "
+              f"(start each with RANK=1..{len(cluster)} WORLD_SIZE={len(cluster) + 1} "
+              "e2llm-lite worker) ...", file=sys.stderr)
     cm = None
     if args.calibrate:
         from .costmodel import CostModel
@@ -139,16 +203,18 @@ def cmd_worker(args) -> dict:
 
     from .runtime.worker import run_worker
 
-    try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        port = int(os.environ.get("MASTER_PORT", "29500"))
-    except KeyError as e:
-        raise ValueError(f"e2llm-lite worker needs the environment variable {e.args[0]} "
-                         "(and MASTER_ADDR, MASTER_PORT)") from None
-    if not 1 <= rank < world:
-        raise ValueError(f"RANK must be in 1..WORLD_SIZE-1 (rank 0 is the driver), got {rank}")
-    run_worker(rank, world, os.environ.get("MASTER_ADDR", "127.0.0.1"), port,
-               bind=os.environ.get("E2LLM_BIND_ADDR") or None)
+    for name in ("RANK", "WORLD_SIZE"):
+        if name not in os.environ:
+            raise ValueError(f"e2llm-lite worker needs the environment variable {name} "
+                             "(and MASTER_ADDR, MASTER_PORT)")
+    world = _env_int("WORLD_SIZE", low=2)
+    rank = _env_int("RANK", low=1, high=world - 1)   # rank 0 is the driver
+    addr, port = _master()
+    if not args.json:
+        print(f"e2llm-lite worker {rank}: joining the driver at {addr}:{port} (up to "
+              f"{args.connect_timeout:g} s)", file=sys.stderr)
+    run_worker(rank, world, addr, port, bind=os.environ.get("E2LLM_BIND_ADDR") or None,
+               connect_timeout_s=args.connect_timeout)
     return {}
 
 
@@ -270,8 +336,8 @@ def cmd_plan(args) -> dict:
         plan = Plan.load(args.check, cluster)  # one ConfigError if it does not match the cluster
         stats, rate = plan.workload, plan.rate
         if args.workload is not None or args.rate is not None:
-            wl = workload_from_spec(args.workload or plan.workload.name, args.rate or plan.rate,
-                                    seed=args.seed)
+            wl = workload_from_spec(args.workload or plan.workload.name,
+                                    plan.rate if args.rate is None else args.rate, seed=args.seed)
             stats, rate = workload_stats(wl, cm), wl.rate
         planner = ReplicaPlanner(cluster, cm, stats)
         plan.replicas = [planner.retime(r) for r in plan.replicas]
@@ -298,9 +364,22 @@ def cmd_plan(args) -> dict:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors (usage stays in ``--help``)."""
+
+    def error(self, message: str):
+        print(f"e2llm-lite: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="e2llm-lite", description=__doc__.splitlines()[0])
+    p = _Parser(prog="e2llm-lite", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+
+    def connect_timeout(sp):
+        sp.add_argument("--connect-timeout", type=_positive_float, default=CONNECT_TIMEOUT_S,
+                        metavar="S", help="the longest to wait for the device workers to start "
+                        f"and join (s, default {CONNECT_TIMEOUT_S:g})")
 
     def common(sp):
         sp.add_argument("--json", action="store_true", help="print results as JSON on stdout")
@@ -308,19 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = common(sub.add_parser("demo", help="the main job: the real model split over stages"))
     d.add_argument("--prompt", default=DEFAULT_PROMPT)
-    d.add_argument("--max-new-tokens", type=int, default=24)
-    d.add_argument("--slices", type=int, default=3)
+    d.add_argument("--max-new-tokens", type=_whole(1), default=24)
+    d.add_argument("--slices", type=_whole(1), default=3)
     d.set_defaults(func=cmd_demo)
 
     g = common(sub.add_parser("generate", help="greedy generation from a chat prompt"))
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=32)
-    g.add_argument("--slices", type=int, default=1, help="even in-process slices (default 1)")
+    g.add_argument("--max-new-tokens", type=_whole(1), default=32)
+    g.add_argument("--slices", type=_whole(1), default=1, help="even in-process slices (default 1)")
     g.add_argument("--split", type=_parse_split, help="layer boundaries, e.g. 0,7,20,30")
     g.add_argument("--cluster", help="run on emulated devices: a cluster.json or a preset name "
                    "(home4, mixed8, edge16); layers split evenly unless --split")
-    g.add_argument("--devices", type=int, help="run on N emulated default devices (speed 1.0)")
-    g.add_argument("--dilation", type=float, default=None,
+    g.add_argument("--devices", type=_whole(1), help="run on N emulated default devices (speed 1.0)")
+    g.add_argument("--dilation", type=_positive_float, default=None,
                    help="clock dilation factor (default: automatic from the fastest device)")
     g.add_argument("--calibrate", nargs="?", const=True, default=None, metavar="PROFILE",
                    help="calibrate each device against the cost model (the reference profile, or "
@@ -329,10 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--external", action="store_true",
                    help="do not spawn workers: wait for `e2llm-lite worker` processes (ranks "
                    "1..N, device i = rank i+1) at MASTER_ADDR:MASTER_PORT")
+    connect_timeout(g)
     g.set_defaults(func=cmd_generate)
 
     w = sub.add_parser("worker", help="start one device worker of a multi-host run "
                        "(env: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)")
+    connect_timeout(w)
     w.set_defaults(func=cmd_worker, json=False)
 
     pr = common(sub.add_parser("profile", help="measure per-layer times on this host and fit the "
@@ -340,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quick", action="store_true", help="a small grid (well under 2 minutes)")
     pr.add_argument("--out", default="profile.json", help="where to write the profile "
                                                           "(default: profile.json)")
-    pr.add_argument("--runs", type=int, default=1,
+    pr.add_argument("--runs", type=_whole(1), default=1,
                     help="measure the grid N times and keep each point's median (default 1; the "
                          "shipped reference used 3)")
     pr.add_argument("--show", nargs="?", const="", metavar="FILE",
@@ -356,9 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "others are the baselines")
     pl.add_argument("--workload", help="code, conv or a trace CSV (default conv; with --check: "
                     "the plan's own)")
-    pl.add_argument("--rate", type=float, help="arrival rate, requests/s (required for code/conv; "
+    pl.add_argument("--rate", type=_positive_float, help="arrival rate, requests/s (required for code/conv; "
                     "with --check: default the plan's own)")
-    pl.add_argument("--seed", type=int, default=0, help="GA seed (default 0)")
+    pl.add_argument("--seed", type=_whole(0), default=0, help="GA seed (default 0)")
     pl.add_argument("--out", help="write the plan to this file (plan.json)")
     pl.add_argument("--check", metavar="PLAN", help="do not plan: validate PLAN against the "
                     "cluster and re-evaluate it for --workload / --rate")
@@ -375,16 +456,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_CTRL_C = {"seen": False}
+
+
+def _on_sigint(signum, frame):
+    """Ctrl-C: remember it (a library may turn the KeyboardInterrupt into another error while it
+    imports), then interrupt as Python does."""
+    _CTRL_C["seen"] = True
+    raise KeyboardInterrupt
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` came from Ctrl-C: one was seen, or a KeyboardInterrupt is down its chain."""
+    if _CTRL_C["seen"]:
+        return True
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    import signal
+    import threading
+
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # one line, not torch's C++ logs
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         result = args.func(args)
     except KeyboardInterrupt:
         print("e2llm-lite: interrupted", file=sys.stderr)
         return 130
     except (E2LLMError, ValueError, OSError) as e:  # OSError: a file that cannot be read or written
+        if _interrupted(e):
+            print("e2llm-lite: interrupted", file=sys.stderr)
+            return 130
         print(f"e2llm-lite: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if _interrupted(e):  # Ctrl-C inside a library's import, re-raised as another error
+            print("e2llm-lite: interrupted", file=sys.stderr)
+            return 130
+        raise
     if args.json:
         print(json.dumps(result, indent=1))
     return 0

@@ -158,6 +158,12 @@ def _finite_number(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 
 
+#: A profile is plausible if no op takes more than an hour (ms) on this many tokens / sequences /
+#: context tokens (the model's context; the reference profile's worst is about 25 s).
+PLAUSIBLE_SHAPE = 8192
+PLAUSIBLE_MAX_MS = 3.6e6
+
+
 def validate_profile(d) -> None:
     """Raise ``ConfigError`` (one sentence, no file name) unless ``d`` is a valid version-1 profile."""
     check_format(d, "profile", PROFILE_FORMAT, PROFILE_VERSION,
@@ -176,6 +182,13 @@ def validate_profile(d) -> None:
         if (not isinstance(coef, list) or len(coef) != k
                 or not all(_finite_number(c) and c >= 0 for c in coef)):
             raise ConfigError(f"fit.{op}.coef must be a list of {k} finite numbers >= 0, got {coef!r}")
+    for op in N_COEF:  # a typo'd coefficient (1e308) would turn into inf / NaN stage times
+        with np.errstate(over="ignore", invalid="ignore"):
+            worst = predict_op(op, d["fit"][op]["coef"], dict.fromkeys(FORMS[op][0], PLAUSIBLE_SHAPE))
+        if not worst <= PLAUSIBLE_MAX_MS:
+            raise ConfigError(f"fit.{op}.coef {d['fit'][op]['coef']} predicts {worst:.3g} ms at "
+                              f"{PLAUSIBLE_SHAPE} tokens/sequences, more than the "
+                              f"{PLAUSIBLE_MAX_MS:g} ms (one hour) a plausible profile allows")
     if d["fit"]["prefill_layer"]["coef"][0] + d["fit"]["prefill_layer"]["coef"][1] <= 0:
         raise ConfigError("fit.prefill_layer predicts 0 ms for a 1-token prompt; the profile is unusable")
     if sum(d["fit"]["decode_layer"]["coef"][:2]) <= 0:

@@ -63,6 +63,22 @@ def derive_kind(fp32_gflops: float, memory_gbps: float, ram_gib: float) -> tuple
 
 # ---------------------------------------------------------------- checks (one sentence each)
 
+#: Plausible ranges (a value outside is a typo, and would overflow the emulation's clock):
+#: speeds relative to one host thread (the catalog spans 0.48-28.7), memory in MiB, link
+#: latency in ms, link bandwidth in Mbit/s.
+SPEED_RANGE = (0.01, 1000.0)
+MEMORY_RANGE_MIB = (1.0, 1e7)
+LATENCY_MAX_MS = 60_000.0
+BANDWIDTH_RANGE_MBPS = (0.001, 1e7)
+
+
+def _in_range(value: float, what: str, low: float, high: float, unit: str = "") -> float:
+    """``value`` if ``low <= value <= high`` (inf passes an infinite ``high``), else ConfigError."""
+    if not low <= value <= high:
+        raise ConfigError(f"{what} must be between {low:g} and {high:g}{unit}, got {value:g}")
+    return value
+
+
 def _number(value, what: str, *, positive: bool = True, allow_inf: bool = False) -> float:
     """``value`` as a float, or ConfigError if it is not a (positive / non-negative) number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -147,6 +163,10 @@ class DeviceSpec:
         _text(self.site, f"device {self.name!r}: site")
         for f in ("prefill_speed", "decode_speed", "memory_mib"):
             object.__setattr__(self, f, _number(getattr(self, f), f"device {self.name!r}: {f}"))
+        for f in ("prefill_speed", "decode_speed"):
+            _in_range(getattr(self, f), f"device {self.name!r}: {f}", *SPEED_RANGE,
+                      " (times one host thread)")
+        _in_range(self.memory_mib, f"device {self.name!r}: memory_mib", *MEMORY_RANGE_MIB, " MiB")
 
     @classmethod
     def from_kind(cls, kind: str, name: str, **overrides) -> DeviceSpec:
@@ -180,6 +200,9 @@ class Link:
     def __post_init__(self):
         object.__setattr__(self, "bandwidth_mbps", _number(self.bandwidth_mbps, "bandwidth_mbps", allow_inf=True))
         object.__setattr__(self, "latency_ms", _number(self.latency_ms, "latency_ms", positive=False))
+        if not math.isinf(self.bandwidth_mbps):  # inf: a device talking to itself
+            _in_range(self.bandwidth_mbps, "bandwidth_mbps", *BANDWIDTH_RANGE_MBPS, " Mbit/s")
+        _in_range(self.latency_ms, "latency_ms", 0.0, LATENCY_MAX_MS, " ms")
 
     @classmethod
     def local(cls) -> Link:
@@ -352,6 +375,8 @@ class Cluster:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read cluster file {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"cluster file {path} is not UTF-8 text (is it a JSON file?)") from None
         return _parse(text, str(path))
 
 
@@ -378,6 +403,17 @@ def preset(name: str) -> Cluster:
     if name not in list_presets():
         raise ConfigError(f"unknown preset cluster {name!r}; presets: {', '.join(list_presets())}")
     return _parse(_data().joinpath("clusters", f"{name}.json").read_text(encoding="utf-8"), f"preset {name}")
+
+
+def load_cluster(name_or_path: str) -> Cluster:
+    """A preset by name (``home4``) or a cluster file by path; one ConfigError naming both
+    possibilities if it is neither."""
+    if name_or_path in list_presets():
+        return preset(name_or_path)
+    if not Path(name_or_path).exists():
+        raise ConfigError(f"no cluster file or preset named {name_or_path!r}; presets: "
+                          f"{', '.join(list_presets())}")
+    return Cluster.load(name_or_path)
 
 
 def make_cluster(kinds: list[str] | int, *, name: str | None = None,

@@ -107,6 +107,18 @@ class MemoryLedger:
         """Whether a step of ``tokens`` new tokens would be accepted now (:meth:`reserve`)."""
         return self.need_bytes(tokens) <= self.budget_bytes
 
+    def step_need_bytes(self, new_kv_tokens: float, step_tokens: int, logit_rows: int) -> int:
+        """What this device would need for a batched step: weights + the KV held now +
+        ``new_kv_tokens`` more tokens of KV + the working memory of a step of ``step_tokens``
+        tokens producing ``logit_rows`` rows of logits (one per sequence, on the last stage)."""
+        return int(self.used_bytes + new_kv_tokens * self.kv_per_token
+                   + working_bytes(step_tokens, logit_rows, self.end == self.anatomy.n_layers,
+                                   self.anatomy))
+
+    def fits_step(self, new_kv_tokens: float, step_tokens: int, logit_rows: int) -> bool:
+        """Whether :meth:`step_need_bytes` is within the budget."""
+        return self.step_need_bytes(new_kv_tokens, step_tokens, logit_rows) <= self.budget_bytes
+
     def check_weights(self) -> None:
         """Raise ``DeviceOOM`` if the stage's weights alone exceed the budget (before loading)."""
         self._check(self.weight_bytes, f"layers [{self.start},{self.end}) need "

@@ -238,6 +238,15 @@ def read_trace(path: str | os.PathLike) -> Trace:
 @lru_cache(maxsize=8)
 def _read_trace_cached(path: str, mtime_ns: int, size: int) -> Trace:
     expected = ", ".join(TRACE_COLUMNS)
+    try:
+        return _read_rows(path, expected)
+    except UnicodeDecodeError:
+        raise ConfigError(f"trace {path} is not UTF-8 text (expected a CSV file with columns "
+                          f"{expected})") from None
+
+
+def _read_rows(path: str, expected: str) -> Trace:
+    """The body of :func:`read_trace` (``expected``: the column names, for messages)."""
     times: list[float] = []
     prompts: list[int] = []
     outputs: list[int] = []

@@ -427,14 +427,12 @@ def workload_from_spec(spec: str | os.PathLike, rate: float | None, seed: int = 
         raise ConfigError(f"workload {text!r} is neither a known profile "
                           f"({', '.join(sorted(PROFILE_FIGURES))}) nor an existing trace file")
     trace = read_trace(path).window(start_s, limit)
+    if not math.isfinite(trace.rate):
+        raise ConfigError(f"trace {path}: its {len(trace)} request(s) arrive at one instant, so it "
+                          "has no arrival rate to replay or scale; use a profile (code, conv) at "
+                          "a rate, or a trace whose timestamps differ")
     if arrival in (None, "trace"):
-        if rate is None:
-            rate_scale = 1.0
-        else:
-            if not math.isfinite(trace.rate):
-                raise ConfigError(f"trace {path} has no defined rate (one request or one instant); "
-                                  "cannot scale it to a rate")
-            rate_scale = _positive("rate", rate) / trace.rate
+        rate_scale = 1.0 if rate is None else _positive("rate", rate) / trace.rate
         return Workload.from_trace(trace, rate_scale, prompt_scale, output_scale, max_prompt,
                                    max_output, seed=seed, context=context)
     lengths = LengthDist.from_trace(trace, context=context).scaled(

@@ -27,7 +27,7 @@ FORBIDDEN = [
 # The shared rules and everything the planner needs load without torch.
 TORCH_FREE = ["e2llm_lite.devices", "e2llm_lite.costmodel", "e2llm_lite.memory", "e2llm_lite.split",
               "e2llm_lite.workload", "e2llm_lite.traces", "e2llm_lite.model", "e2llm_lite.errors",
-              "e2llm_lite.planning"]
+              "e2llm_lite.planning", "e2llm_lite.runtime.limits"]
 
 # Imports inside functions, on purpose (not to dodge a cycle): the CLI loads each command's
 # modules when it runs (so `e2llm-lite plan` never imports torch); profiling loads the torch-side

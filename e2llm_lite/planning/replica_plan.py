@@ -173,8 +173,8 @@ class ReplicaPlan:
                 raise ConfigError(f"{what}: stages[{i}] needs a device name and integer start/end")
             stages.append((s["device"], s["start"], s["end"]))
         for k in ("batch", "kv_tokens", "act_tokens", "logit_rows"):
-            if isinstance(d[k], bool) or not isinstance(d[k], int) or d[k] < 0:
-                raise ConfigError(f"{what}: {k} must be a whole number >= 0, got {d[k]!r}")
+            if isinstance(d[k], bool) or not isinstance(d[k], int) or d[k] < 1:
+                raise ConfigError(f"{what}: {k} must be a whole number >= 1, got {d[k]!r}")
         p = d.get("predicted") or {}
 
         def num(k):

@@ -41,10 +41,10 @@ from ..generation import Generation, greedy_decode
 from ..memory import MIB
 from ..model import ANATOMY
 from ..split import kv_pieces
-from .protocol import (CONNECT_TIMEOUT_S, STATS_COLS, TRACE_COLS, ErrorKind, Op, Receiver, make_group,
+from .limits import CONNECT_TIMEOUT_S, MAX_DILATION
+from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Op, Receiver, make_group,
                        send, text_payload)
 from .throttle import auto_dilation
-
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> None:
@@ -58,10 +58,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-#: Largest clock dilation: a 1-second step then lasts 11.6 days of wall time.
-MAX_DILATION = 1e6
 
 
 @dataclass(frozen=True)
@@ -176,6 +172,7 @@ class EmulatedCluster:
             return box["group"]
         where = "" if self.spawn else f" at {self.addr}:{self.port}"
         why = f": {str(box['error']).splitlines()[0][:160]}" if "error" in box else ""
+        box.clear()   # let go of the half-made group (a TCPStore listens while it lives)
         raise WorkerDied(f"the {self.world - 1} device workers did not join{where} within "
                          f"{self.connect_timeout_s:g} s{why}")
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .limits import CONNECT_TIMEOUT_S, MAX_PAYLOAD_ELEMENTS
+
 #: Columns of a worker's step trace (one row per step; times in wall s, link in device s).
 TRACE_COLS = ("request", "phase", "tokens", "start", "end", "cpu_s", "target_s", "overrun",
               "link_s")
@@ -83,9 +85,6 @@ class Message:
         return bytes(self.payload.numpy()).decode("utf-8", "replace") if self.payload is not None else ""
 
 
-#: How long joining the group may take (s) unless the caller says otherwise.
-CONNECT_TIMEOUT_S = 60.0
-
 
 def make_group(rank: int, world: int, timeout_s: float, *, store_file: str | None = None,
                addr: str = "127.0.0.1", port: int | None = None, bind: str | None = "127.0.0.1",
@@ -112,7 +111,21 @@ def make_group(rank: int, world: int, timeout_s: float, *, store_file: str | Non
     opts._timeout = datetime.timedelta(seconds=timeout_s)
     opts._devices = [dist.ProcessGroupGloo.create_device(hostname=bind) if bind
                      else dist.ProcessGroupGloo.create_default_device()]
-    return store, dist.ProcessGroupGloo(store, rank, world, opts)
+    try:
+        # every rank checks in, and all wait (bounded) for all: gloo's own handshake would wait
+        # for a missing rank with the group's message timeout instead
+        store.set(f"e2llm/joined/{rank}", "1")
+        try:
+            store.wait([f"e2llm/joined/{r}" for r in range(world)], connect)
+        except Exception:
+            missing = [r for r in range(world) if not store.check([f"e2llm/joined/{r}"])]
+            raise TimeoutError(f"rank(s) {', '.join(map(str, missing))} of {world} did not join "
+                               f"within {connect_timeout_s:g} s") from None
+        return store, dist.ProcessGroupGloo(store, rank, world, opts)
+    except Exception as e:  # drop the store here: a TCPStore kept alive by a traceback still listens
+        failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    store = None
+    raise ConnectionError(failure)
 
 
 def send(pg, dst: int, op: Op, src: int, request: int = 0, a: int = 0, b: int = 0, c: int = 0,
@@ -143,17 +156,52 @@ def text_payload(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(text.encode("utf-8")) or bytearray(b" "), dtype=torch.uint8)
 
 
-def recv(pg) -> Message:
-    """Block until the next message from any rank arrives (header, then its payload)."""
+class BadMessage(ValueError):
+    """A header that does not describe a message of this protocol (unknown op or dtype, a shape
+    out of bounds, a sender that is not in the group). The stream cannot be trusted after it."""
+
+
+def check_header(h: list[int], world: int | None = None) -> tuple[Op, torch.dtype | None, list[int]]:
+    """Validate a received header: returns (op, payload dtype or None, payload shape), or raises
+    :class:`BadMessage` before anything is allocated (at most ``MAX_PAYLOAD_ELEMENTS``)."""
+    try:
+        op = Op(h[0])
+    except ValueError:
+        raise BadMessage(f"unknown op {h[0]} from rank {h[1]}") from None
+    if h[1] < 0 or (world is not None and h[1] >= world):
+        raise BadMessage(f"{op.name} names sender rank {h[1]}, outside the group of {world}")
+    if h[7] not in _DTYPES:
+        raise BadMessage(f"{op.name} from rank {h[1]}: unknown payload dtype code {h[7]}")
+    dtype = _DTYPES[h[7]]
+    if dtype is None:
+        return op, None, []
+    if not 0 <= h[8] <= MAX_DIMS:
+        raise BadMessage(f"{op.name} from rank {h[1]}: payload with {h[8]} dims (at most {MAX_DIMS})")
+    shape = h[9:9 + h[8]]
+    elements = 1
+    for n in shape:
+        if n < 0:
+            raise BadMessage(f"{op.name} from rank {h[1]}: negative payload shape {shape}")
+        elements *= n
+    if elements > MAX_PAYLOAD_ELEMENTS:
+        raise BadMessage(f"{op.name} from rank {h[1]}: payload shape {shape} has {elements:,} "
+                         f"elements, more than the {MAX_PAYLOAD_ELEMENTS:,} a message may carry")
+    return op, dtype, shape
+
+
+def recv(pg, world: int | None = None) -> Message:
+    """Block until the next message from any rank arrives (header, then its payload). A header
+    that fails :func:`check_header` raises :class:`BadMessage` (``world``: the group's size,
+    default ``pg.size()``)."""
     header = torch.zeros(HEADER_LEN, dtype=torch.int64)
     pg.recv_anysource([header], TAG).wait()
     h = header.tolist()
+    op, dtype, shape = check_header(h, pg.size() if world is None else world)
     payload = None
-    dtype = _DTYPES.get(h[7])
     if dtype is not None:
-        payload = torch.empty(h[9:9 + h[8]], dtype=dtype)
+        payload = torch.empty(shape, dtype=dtype)
         pg.recv([payload], h[1], TAG).wait()
-    return Message(Op(h[0]), *h[1:7], payload=payload)
+    return Message(op, *h[1:7], payload=payload)
 
 
 class Receiver:

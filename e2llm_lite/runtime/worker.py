@@ -41,7 +41,7 @@ import math  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
-os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # torch's C++ stack dumps are not for users
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # torch's C++ stack dumps are not for users
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -50,7 +50,8 @@ from ..devices import transfer_ms  # noqa: E402
 from ..errors import DeviceOOM  # noqa: E402
 from ..memory import MemoryLedger  # noqa: E402
 from ..stage import Stage  # noqa: E402
-from .protocol import (CONNECT_TIMEOUT_S, TRACE_COLS, ErrorKind, Message, Op, make_group,  # noqa: E402
+from .limits import CONNECT_TIMEOUT_S  # noqa: E402
+from .protocol import (TRACE_COLS, BadMessage, ErrorKind, Message, Op, make_group,  # noqa: E402
                        recv, send, text_payload)
 from .throttle import Throttle  # noqa: E402
 
@@ -121,14 +122,21 @@ class Worker:
         if self.parent is None:  # a multi-host worker: watch the driver's store
             threading.Thread(target=self.watch_driver, name="e2llm-watchdog", daemon=True).start()
         while True:
-            msg = recv(self.pg)
+            try:
+                msg = recv(self.pg, self.world)
+            except BadMessage as e:  # the stream cannot be trusted any more: report and stop
+                self.reply_error(-1, e)
+                raise
             if msg.payload is not None:
                 self.bytes_received += msg.payload.numel() * msg.payload.element_size()
             if msg.op == Op.STOP:
                 self.send(0, Op.STOP)  # lets the driver's receiver thread end before shutdown
                 return
             try:
-                getattr(self, f"on_{msg.op.name.lower()}")(msg)
+                handler = getattr(self, f"on_{msg.op.name.lower()}", None)
+                if handler is None:
+                    raise ValueError(f"device {self.name!r} does not take {msg.op.name} messages")
+                handler(msg)
             except Exception as e:  # report, keep serving
                 self.reply_error(msg.request, e)
 

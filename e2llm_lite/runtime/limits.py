@@ -1,0 +1,14 @@
+"""The runtime's bounds, torch-free (the CLI checks its arguments against them before importing
+torch): how long joining may take, how far the clock may be dilated, how big a message may be."""
+
+#: How long the device workers may take to start and join the group (s), unless told otherwise.
+CONNECT_TIMEOUT_S = 60.0
+
+#: The largest clock dilation: the driver sends it in micro-units of an int64, and a device
+#: second must stay a representable, finite wall time.
+MAX_DILATION = 1e6
+
+#: The most elements one message's payload may have (a hidden state of 8192 tokens x 576 is
+#: 4.7 M; a full KV cache of 8192 tokens for 30 layers x 2 x 3 heads x 64 is 94 M): a header
+#: announcing more is refused before anything is allocated.
+MAX_PAYLOAD_ELEMENTS = 128 * 2**20
