@@ -372,6 +372,89 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _serving_requests(args, plan):
+    """The request stream of ``simulate`` (and, later, ``serve``): ``--workload`` profile at
+    ``--rate`` (default: the plan's), or a trace replayed at its own times x ``--time-scale``, or
+    re-drawn as Poisson at ``--rate``; cut to ``--requests`` / ``--duration``."""
+    from pathlib import Path
+
+    from .workload import PROFILE_FIGURES, workload_from_spec
+
+    spec = args.workload or plan.workload.name
+    is_profile = spec.strip().lower() in PROFILE_FIGURES
+    if args.rate is not None and args.time_scale is not None:
+        raise ValueError("give either --rate (Poisson arrivals) or --time-scale (a trace's own "
+                         "arrival times, stretched), not both")
+    if is_profile:
+        if args.time_scale is not None:
+            raise ValueError(f"--time-scale stretches a trace's own arrival times; workload {spec!r} "
+                             "is a profile: give --rate")
+        wl = workload_from_spec(spec, args.rate or plan.rate, seed=args.seed)
+    elif args.rate is not None:
+        wl = workload_from_spec(spec, args.rate, seed=args.seed, arrival="poisson")
+    else:
+        if not Path(spec).expanduser().exists():
+            raise ValueError(f"workload {spec!r} is neither a profile (code, conv) nor a trace file")
+        from .workload import Workload
+
+        wl = Workload.from_trace(spec, rate_scale=1.0 / (args.time_scale or 1.0), seed=args.seed)
+    n = args.requests
+    if n is None and args.duration is None and wl.arrival != "trace":
+        n = DEFAULT_SIM_REQUESTS
+    requests = wl.generate(n=n, duration_s=args.duration)
+    if not requests:
+        raise ValueError(f"no request of workload {spec!r} arrives within --duration {args.duration:g} s")
+    return wl, requests
+
+
+DEFAULT_SIM_REQUESTS = 1000
+
+
+def cmd_simulate(args) -> dict:
+    """Serve a workload with a plan in virtual time (the scheduler on the simulator)."""
+    import time
+
+    from .costmodel import CostModel
+    from .devices import load_cluster
+    from .planning import Plan
+    from .serving.metrics import format_summary, write_csv
+    from .serving.simulator import simulate_requests
+
+    cluster = load_cluster(args.cluster) if args.cluster else None
+    if cluster is None:  # the plan names its cluster: a preset, unless given
+        import json as _json
+
+        try:
+            name = _json.loads(open(args.plan, encoding="utf-8").read()).get("cluster", "")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            name = ""
+        cluster = load_cluster(name) if name else None
+        if cluster is None:
+            raise ValueError(f"{args.plan}: give --cluster (the plan does not name a preset)")
+    plan = Plan.load(args.plan, cluster)
+    cm = CostModel.load(args.profile) if args.profile else CostModel.load()
+    wl, requests = _serving_requests(args, plan)
+    t0 = time.perf_counter()
+    show = not args.json and sys.stderr.isatty()
+    result = simulate_requests(plan, cluster, requests, costmodel=cm,
+                               max_batch_tokens=args.max_batch_tokens, progress=show)
+    out = result.metrics()
+    out.update({"plan": str(args.plan), "strategy": plan.strategy, "cluster": cluster.name,
+                "workload": wl.name if hasattr(wl, "name") else str(args.workload),
+                "rate": wl.rate, "max_batch_tokens": args.max_batch_tokens,
+                "events": result.events, "wall_s": round(time.perf_counter() - t0, 3)})
+    if args.requests_out:
+        write_csv(result.records.values(), args.requests_out)
+        out["requests_out"] = str(args.requests_out)
+    if not args.json:
+        print(f"{plan.strategy} plan on {cluster.name!r}: {len(requests)} requests at "
+              f"{wl.rate:.4g} requests/s (simulated in {out['wall_s']:.1f} s, {result.events} events)")
+        print(format_summary(out))
+        if args.requests_out:
+            print(f"per-request figures written to {args.requests_out}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="e2llm-lite", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -453,6 +536,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Splitwise without its mixed pool (prompt and token pools only)")
     pl.add_argument("--profile", help="cost-model profile (default: the shipped reference)")
     pl.set_defaults(func=cmd_plan, devices=None)
+
+    sm = common(sub.add_parser("simulate", help="serve a workload with a plan in virtual time "
+                                                 "(the scheduler on the discrete-event simulator)"))
+    sm.add_argument("--plan", required=True, help="a plan.json (from `e2llm-lite plan`)")
+    sm.add_argument("--cluster", help="its cluster.json or preset (default: the preset the plan "
+                    "names)")
+    sm.add_argument("--workload", help="code, conv or a trace CSV (default: the plan's)")
+    sm.add_argument("--rate", type=_positive_float, help="Poisson arrivals at this rate, "
+                    "requests/s (default for code/conv: the plan's rate)")
+    sm.add_argument("--time-scale", type=_positive_float, help="replay a trace with its arrival "
+                    "times multiplied by X (X > 1: slower, for clusters slower than Azure's)")
+    sm.add_argument("--duration", type=_positive_float, help="only requests arriving within S s")
+    sm.add_argument("--requests", type=_whole(1), help=f"only the first N requests (default for "
+                    f"code/conv: {DEFAULT_SIM_REQUESTS}; a trace: all)")
+    sm.add_argument("--seed", type=_whole(0), default=0, help="workload seed (default 0)")
+    sm.add_argument("--max-batch-tokens", type=_whole(1), default=2048,
+                    help="the iteration token budget of every replica (default 2048, "
+                    "splitwise-sim's figure)")
+    sm.add_argument("--requests-out", metavar="CSV", help="write one row per request")
+    sm.add_argument("--profile", help="cost-model profile (default: the shipped reference)")
+    sm.set_defaults(func=cmd_simulate)
     return p
 
 

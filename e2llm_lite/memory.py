@@ -27,6 +27,7 @@ memory would overflow is refused before it computes (:class:`MemoryLedger`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .errors import DeviceOOM
 from .model import ANATOMY, Anatomy
@@ -76,11 +77,11 @@ class MemoryLedger:
     kv_tokens: dict = field(default_factory=dict)   # request id -> tokens cached here
     peak_bytes: int = 0
 
-    @property
+    @cached_property
     def weight_bytes(self) -> int:
         return self.anatomy.stage_weight_bytes(self.start, self.end)
 
-    @property
+    @cached_property
     def kv_per_token(self) -> int:
         """KV bytes of one token over this stage's layers."""
         return self.anatomy.stage_kv_bytes(self.start, self.end, 1)

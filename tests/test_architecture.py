@@ -22,12 +22,18 @@ FORBIDDEN = [
     ("e2llm_lite.runtime", "e2llm_lite.serving", "the runtime knows no scheduler"),
     ("e2llm_lite.workload", "e2llm_lite.planning", "planning and serving both import the workload"),
     ("e2llm_lite.workload", "e2llm_lite.serving", "planning and serving both import the workload"),
+    ("e2llm_lite.serving.scheduler", "e2llm_lite.serving.simulator", "the scheduler knows no backend"),
+    ("e2llm_lite.serving.scheduler", "e2llm_lite.runtime", "the scheduler knows no backend"),
+    ("e2llm_lite.serving.events", "e2llm_lite.runtime", "events are plain data"),
+    ("e2llm_lite.serving.simulator", "e2llm_lite.runtime", "the simulator runs no device"),
+    ("e2llm_lite.serving.metrics", "e2llm_lite.runtime", "metrics are the same for both clocks"),
 ]
 
 # The shared rules and everything the planner needs load without torch.
 TORCH_FREE = ["e2llm_lite.devices", "e2llm_lite.costmodel", "e2llm_lite.memory", "e2llm_lite.split",
               "e2llm_lite.workload", "e2llm_lite.traces", "e2llm_lite.model", "e2llm_lite.errors",
-              "e2llm_lite.planning", "e2llm_lite.runtime.limits"]
+              "e2llm_lite.planning", "e2llm_lite.runtime.limits", "e2llm_lite.serving.scheduler",
+              "e2llm_lite.serving.simulator", "e2llm_lite.serving.metrics"]
 
 # Imports inside functions, on purpose (not to dodge a cycle): the CLI loads each command's
 # modules when it runs (so `e2llm-lite plan` never imports torch); profiling loads the torch-side
@@ -135,3 +141,11 @@ def test_shared_rules_load_without_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["scheduler", "events"])
+def test_the_scheduler_reads_no_clock(module):
+    """Events in, actions out: the scheduler learns the time only from its events."""
+    text = (PACKAGE / "serving" / f"{module}.py").read_text()
+    for clock in ("import time", "from time", "datetime", "perf_counter", "monotonic", "time.time"):
+        assert clock not in text, f"serving/{module}.py mentions {clock!r}"

@@ -1,0 +1,585 @@
+"""The scheduler: one state machine for E2LLM's roles, colocated replicas and Splitwise's pools.
+
+:meth:`Scheduler.on` takes one event (:mod:`~e2llm_lite.serving.events`) and returns the actions
+it decides. It never reads a clock and never calls a device, so the simulator and the real
+runtime's adapter drive the very same code. It keeps, per request, a :class:`RequestRecord` (the
+times it was told of), from which :mod:`~e2llm_lite.serving.metrics` computes every figure.
+
+Iterations (the same rule for every strategy)
+---------------------------------------------
+A replica runs **iterations**. An iteration takes waiting prompts first (FIFO, as many as fit
+the iteration token budget ``max_batch_tokens``, the first always; each needs its KV to fit the
+replica's memory), then one decode token for each resident sequence the replica decodes (in
+arrival order, up to the plan's decode batch ``B``, within the remaining budget). This is
+splitwise-sim's iteration-level batching (prompts first, then tokens, under a token budget), used
+here for every replica so both strategies batch by the same rule. What a replica may put into an
+iteration depends on its role:
+
+* ``prefill`` (E2LLM PREFILL, Splitwise prompt instance): prompts only, **pipelined** — up to one
+  iteration per stage in flight, so a replica of S stages keeps every stage busy;
+* ``decoder`` (E2LLM DECODER, Splitwise token instance): decode tokens only, **continuous
+  batching** — one iteration in flight (a sequence's next step needs its last token); sequences
+  join and leave between iterations; micro-batching is not modelled (as in the planner);
+* ``both`` (colocated) and a Splitwise instance lent to the mixed pool: prompts and decode tokens
+  in the same iteration, one in flight — a prompt makes that step's decode tokens wait for it
+  (the interference of colocation, as in Orca / vLLM without chunked prefill).
+
+The first output token comes out of the prefill (TTFT ends there); a request with one output
+token needs no decode step and no hand-off.
+
+Memory
+------
+The scheduler keeps its own :class:`~e2llm_lite.memory.MemoryLedger` per device (the rule the
+workers enforce). A request's KV is reserved in full when it is admitted to a replica: its prompt
+on a prefill replica (until the hand-off is done), ``prompt + output`` tokens on the replica that
+decodes it, with room left for the replica's largest step (``B`` tokens on a decoder, the token
+budget on a prefill replica). So a device is never over its memory and nothing is pre-empted. A
+request that cannot fit anywhere even on empty replicas, or whose prompt + output exceeds the
+model's context, is rejected at arrival with its reason; one that does not fit *now* waits.
+
+Routing
+-------
+``policy="e2llm"`` (plans of every strategy but Splitwise):
+
+* Prompts wait in **one FIFO queue**; whenever a prefill-capable replica has room for another
+  iteration it takes prompts from the head, the replica with the shortest prefill trip first.
+  Among replicas with room, the head goes to the one that would finish it first by the plan's
+  figures (its prefill trip, + one prefill period per iteration already in its pipeline): least
+  expected completion, from the cost model. A central queue is the M/M/c model the planner's
+  formula assumes: nobody waits behind a busy replica while another one idles.
+* A finished prompt goes to the DECODER (else ``both``) replica with the lowest load (sequences
+  held / B), ties broken by the most free memory, among those with room for its ``prompt + output``
+  KV and fewer than B sequences held; if none has room it waits (FIFO), its KV held where it is.
+  Late binding: the decoder is chosen when the KV is ready, with the freshest load figures.
+
+``policy="splitwise"`` (splitwise-sim's ``MixedPoolScheduler``, re-implemented from its public
+``scheduler.py``/``instance.py``): at arrival, the prompt goes to the prompt (then mixed) instance
+with the fewest pending prompt tokens unless its queue is "long" (pending + new >
+``prompt_max_pending_tokens``); the decode goes to the token (then mixed) instance with the least
+scheduled memory unless it is "memory loaded" (the request's ``prompt + output`` KV would not fit
+on top of what is scheduled there). When no prompt instance qualifies, the token instance with the
+fewest pending tokens is moved into the mixed pool (and a prompt instance, the one with the least
+scheduled memory, when no token instance qualifies); failing all that, prompt and decode run on the
+instance with the fewest pending tokens. A mixed instance returns to its own pool when it has no
+work left. Each instance keeps its own FIFO prompt queue. Not modelled: splitwise-sim's
+pre-emption of decode tasks (memory is reserved in full here, so none is needed).
+
+Thresholds: ``max_batch_tokens`` 2048 and ``prompt_max_pending_tokens`` 8192 are splitwise-sim's
+figures, kept as they are: they count tokens of the very same Azure trace's requests, so relative
+to a request (conv: mean prompt 1155 tokens) they mean what they meant there; only time is scaled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from ..memory import MIB, MemoryLedger, working_bytes
+from ..model import ANATOMY
+from .events import (Arrival, DeviceFailed, FreeKV, HandoffDone, IterationDone, MoveKV, Reject,
+                     RunIteration)
+
+__all__ = ["MAX_BATCH_TOKENS", "POLICIES", "PROMPT_MAX_PENDING_TOKENS", "ReplicaState",
+           "RequestRecord", "Scheduler"]
+
+#: The iteration token budget (splitwise-sim's ``max_batch_tokens``).
+MAX_BATCH_TOKENS = 2048
+#: A prompt queue is "long" past this many pending tokens (splitwise-sim's
+#: ``prompt_max_pending_batch_tokens``).
+PROMPT_MAX_PENDING_TOKENS = 8192
+POLICIES = ("e2llm", "splitwise")
+
+
+@dataclass
+class RequestRecord:
+    """What happened to one request (s of device time since the start; None: never happened).
+
+    ``prefill_start_s``: its prefill iteration began (waiting ends); ``first_token_s``: the prefill
+    iteration ended (TTFT); ``end_s``: its last token; ``tbt_sum_s`` / ``tbt_max_s`` / ``tokens``:
+    gaps between its tokens and the count so far; ``handoff_s``: the KV hand-off's duration;
+    ``rejected``: the reason, if it was not served.
+    """
+
+    id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    prefill_start_s: float | None = None
+    first_token_s: float | None = None
+    end_s: float | None = None
+    tokens: int = 0
+    last_token_s: float | None = None
+    tbt_sum_s: float = 0.0
+    tbt_max_s: float = 0.0
+    prefill_replica: str = ""
+    decode_replica: str = ""
+    handoff_s: float = 0.0
+    rejected: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.end_s is not None
+
+    def token(self, t: float) -> None:
+        """One more output token at ``t``."""
+        if self.last_token_s is not None:
+            gap = t - self.last_token_s
+            self.tbt_sum_s += gap
+            self.tbt_max_s = max(self.tbt_max_s, gap)
+        self.tokens += 1
+        self.last_token_s = t
+        if self.tokens == self.output_tokens:
+            self.end_s = t
+
+
+@dataclass
+class ReplicaState:
+    """The scheduler's view of one replica: role / pool, ledgers, queues, iterations in flight."""
+
+    name: str
+    role: str                      # the plan's role: prefill, decoder, both
+    stages: tuple                  # ((device, start, end), ...)
+    batch: int                     # the plan's decode batch B
+    trip_s: float                  # the plan's prefill trip (sum of stages), s
+    period_s: float                # the plan's prefill period (slowest stage), s
+    ledgers: list[MemoryLedger]
+    pool: str = ""                 # splitwise: prompt, token or mixed
+    prompts: deque = field(default_factory=deque)       # request ids waiting to prefill here
+    decoding: list = field(default_factory=list)        # request ids resident here, decoding
+    in_flight: dict = field(default_factory=dict)       # iteration id -> RunIteration
+    promised: dict = field(default_factory=dict)        # splitwise: request -> KV tokens scheduled
+    failed: bool = False
+
+    @property
+    def depth(self) -> int:
+        return len(self.stages)
+
+    def reserved(self, request: int) -> float:
+        return self.ledgers[0].kv_tokens.get(request, 0)
+
+    def reserve(self, request: int, tokens: int) -> None:
+        for led in self.ledgers:
+            led.kv_tokens[request] = led.kv_tokens.get(request, 0) + tokens
+
+    def free(self, request: int) -> None:
+        for led in self.ledgers:
+            led.free(request)
+
+    def room(self, tokens: int, step_tokens: int, rows: int) -> bool:
+        """Whether ``tokens`` more KV tokens fit every device with a step of ``step_tokens``."""
+        return all(led.fits_step(tokens, step_tokens, rows) for led in self.ledgers)
+
+    def free_bytes(self) -> float:
+        return min(led.budget_bytes - led.used_bytes for led in self.ledgers)
+
+    def held(self) -> int:
+        """Sequences whose KV this replica holds for decoding (or will)."""
+        return len(self.decoding)
+
+
+class Scheduler:
+    """Events in, actions out (module docstring). ``plan``: a :class:`~e2llm_lite.planning.Plan`
+    checked against ``cluster``; ``policy``: ``"e2llm"`` or ``"splitwise"`` (default: from the
+    plan's strategy); ``max_batch_tokens``: the iteration token budget of every replica."""
+
+    def __init__(self, plan, cluster, *, policy: str | None = None,
+                 max_batch_tokens: int = MAX_BATCH_TOKENS,
+                 prompt_max_pending_tokens: int = PROMPT_MAX_PENDING_TOKENS, anatomy=ANATOMY):
+        plan.validate(cluster)
+        self.policy = policy or ("splitwise" if plan.strategy == "splitwise" else "e2llm")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown policy {self.policy!r}; use one of {', '.join(POLICIES)}")
+        for what, v in (("max_batch_tokens", max_batch_tokens),
+                        ("prompt_max_pending_tokens", prompt_max_pending_tokens)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{what} must be a whole number >= 1, got {v!r}")
+        self.max_batch_tokens = max_batch_tokens
+        self.prompt_max_pending_tokens = prompt_max_pending_tokens
+        self.anatomy = anatomy
+        self.context = anatomy.max_positions
+        self.replicas: dict[str, ReplicaState] = {}
+        for r in plan.replicas:
+            ledgers = [MemoryLedger(d, int(cluster.device(d).memory_mib * MIB), s, e, anatomy)
+                       for d, s, e in r.stages]
+            pool = {"prefill": "prompt", "decoder": "token", "both": "mixed"}[r.role]
+            self.replicas[r.name] = ReplicaState(
+                r.name, r.role, tuple(r.stages), max(1, r.batch), r.prefill_latency_s or math.inf,
+                r.prefill_period_s or math.inf, ledgers, pool)
+        self.records: dict[int, RequestRecord] = {}
+        self.queue: deque = deque()          # e2llm: prompts not yet given to a replica
+        self.handoffs: deque = deque()       # requests whose KV waits for a decoder: (id, src)
+        self.decoder_of: dict[int, str] = {}  # splitwise: the token instance chosen at arrival
+        self.moving: dict[int, tuple] = {}   # request -> (src, dst) while its KV travels
+        self._iteration = 0
+        self.events = 0
+
+    # ---- the one entry point -------------------------------------------------------------------
+    def on(self, event) -> list:
+        """Take one event; return the actions it leads to (module docstring)."""
+        self.events += 1
+        out: list = []
+        if isinstance(event, Arrival):
+            self._arrival(event, out)
+        elif isinstance(event, IterationDone):
+            self._iteration_done(event, out)
+        elif isinstance(event, HandoffDone):
+            self._handoff_done(event, out)
+        elif isinstance(event, DeviceFailed):
+            self._device_failed(event, out)
+        else:
+            raise TypeError(f"not a scheduler event: {event!r}")
+        self._dispatch(out)
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Requests told of that are neither finished nor rejected."""
+        return sum(1 for r in self.records.values() if not r.done and not r.rejected)
+
+    # ---- capability --------------------------------------------------------------------------
+    def _fits_empty(self, rep: ReplicaState, kv: int, step: int, rows: int) -> bool:
+        """Whether ``kv`` tokens of KV and a step of ``step`` tokens fit the replica empty."""
+        return all(led.weight_bytes + kv * led.kv_per_token
+                   + working_bytes(step, rows, led.end == self.anatomy.n_layers, self.anatomy)
+                   <= led.budget_bytes for led in rep.ledgers)
+
+    def _prefill_capable(self, rep) -> bool:
+        return rep.role in ("prefill", "both")
+
+    def _decode_capable(self, rep) -> bool:
+        return rep.role in ("decoder", "both")
+
+    def _never_fits(self, req) -> str:
+        """Why ``req`` can never be served here ('' if it can)."""
+        p, total = req.prompt_tokens, req.prompt_tokens + req.output_tokens
+        if total > self.context:
+            return (f"prompt ({p}) + output ({req.output_tokens}) tokens exceed the model's "
+                    f"context of {self.context}")
+        live = [r for r in self.replicas.values() if not r.failed]
+        if not live:
+            return "no replica is left"
+        if self.policy == "splitwise":
+            # any instance may end up doing both (the fallback): one that holds it all suffices
+            if any(self._fits_empty(r, total, p + r.batch, 1 + r.batch) for r in live):
+                return ""
+            return (f"its KV ({total} tokens) and prompt step do not fit any replica's memory")
+        pre = [r for r in live if self._prefill_capable(r)]
+        dec = [r for r in live if self._decode_capable(r)]
+        if not any(self._fits_empty(r, total, p + r.batch, 1 + r.batch) if r.role == "both"
+                   else self._fits_empty(r, p, p, 1) for r in pre):
+            return f"its prompt ({p} tokens) does not fit any prefill replica's memory"
+        if req.output_tokens > 1 and not any(
+                self._fits_empty(r, total, r.batch, r.batch) for r in dec):
+            return f"its KV ({total} tokens) does not fit any decoder's memory"
+        return ""
+
+    # ---- events ------------------------------------------------------------------------------
+    def _arrival(self, ev: Arrival, out: list) -> None:
+        req = ev.request
+        if req.id in self.records:
+            raise ValueError(f"request {req.id} arrived twice")
+        rec = RequestRecord(req.id, ev.time_s, req.prompt_tokens, req.output_tokens)
+        self.records[req.id] = rec
+        why = self._never_fits(req)
+        if why:
+            rec.rejected = why
+            out.append(Reject(req.id, why))
+            return
+        if self.policy == "e2llm":
+            self.queue.append(req.id)
+        else:
+            self._route_splitwise(rec)
+
+    def _iteration_done(self, ev: IterationDone, out: list) -> None:
+        rep = self.replicas[ev.replica]
+        it = rep.in_flight.pop(ev.iteration)
+        for rid, _ in it.prefill:
+            rec = self.records[rid]
+            if rec.rejected:
+                continue
+            rec.prefill_start_s = ev.started_s
+            rec.first_token_s = ev.time_s
+            rec.prefill_replica = rep.name
+            rec.token(ev.time_s)
+            if rec.done:
+                rep.free(rid)
+                out.append(FreeKV(rid, rep.name))
+                rep.promised.pop(rid, None)
+            elif self._decodes_here(rep, rid):
+                rec.decode_replica = rep.name
+                rep.decoding.append(rid)
+            else:
+                self.handoffs.append((rid, rep.name))
+        for rid, _ in it.decode:
+            rec = self.records[rid]
+            if rec.rejected:
+                continue
+            rec.token(ev.time_s)
+            if rec.done:
+                rep.decoding.remove(rid)
+                rep.free(rid)
+                rep.promised.pop(rid, None)
+                out.append(FreeKV(rid, rep.name))
+        self._maybe_return_to_pool(rep)
+
+    def _handoff_done(self, ev: HandoffDone, out: list) -> None:
+        src, dst = self.moving.pop(ev.request)
+        rec = self.records[ev.request]
+        rec.handoff_s = ev.time_s - ev.started_s
+        s, d = self.replicas[src], self.replicas[dst]
+        s.free(ev.request)
+        s.promised.pop(ev.request, None)
+        out.append(FreeKV(ev.request, src))
+        if rec.rejected:
+            return
+        d.decoding.append(ev.request)
+        self._maybe_return_to_pool(s)
+
+    def _device_failed(self, ev: DeviceFailed, out: list) -> None:
+        """Lose the replica that holds the device: every request with work or KV there is
+        rejected with the reason (recovery is a later issue's)."""
+        for rep in self.replicas.values():
+            if rep.failed or ev.device not in [d for d, _, _ in rep.stages]:
+                continue
+            rep.failed = True
+            why = f"device {ev.device!r} of replica {rep.name} failed at {ev.time_s:.3f} s"
+            lost = set(rep.prompts) | set(rep.decoding) | set(rep.promised)
+            lost |= {r for it in rep.in_flight.values() for r, _ in it.prefill + it.decode}
+            lost |= {r for r, src in self.handoffs if src == rep.name}
+            lost |= {r for r, (a, b) in self.moving.items() if rep.name in (a, b)}
+            lost |= set(rep.ledgers[0].kv_tokens)
+            for rid in sorted(lost):
+                rec = self.records[rid]
+                if not rec.done and not rec.rejected:
+                    rec.rejected = why
+                    out.append(Reject(rid, why))
+            rep.prompts.clear()
+            rep.decoding.clear()
+            rep.in_flight.clear()
+            self.handoffs = deque(h for h in self.handoffs if h[0] not in lost)
+
+    # ---- decisions ---------------------------------------------------------------------------
+    def _decodes_here(self, rep: ReplicaState, rid: int) -> bool:
+        if self.policy == "splitwise":
+            return self.decoder_of.get(rid) == rep.name
+        return rep.role == "both"
+
+    def _dispatch(self, out: list) -> None:
+        """Start every hand-off and iteration that can start now."""
+        self._start_handoffs(out)
+        if self.policy == "e2llm":
+            self._feed_from_queue(out)
+        for rep in self.replicas.values():
+            if not rep.failed:
+                self._start_iterations(rep, out)
+
+    def _start_handoffs(self, out: list) -> None:
+        waiting = deque()
+        while self.handoffs:
+            rid, src = self.handoffs.popleft()
+            rec = self.records[rid]
+            need = rec.prompt_tokens + rec.output_tokens
+            dst = self._pick_decoder(rid, need, src)
+            if dst is None:
+                waiting.append((rid, src))
+                if self.policy == "e2llm":   # FIFO: later ones wait behind the head
+                    waiting.extend(self.handoffs)
+                    self.handoffs.clear()
+                continue
+            dst.reserve(rid, need)
+            self.moving[rid] = (src, dst.name)
+            rec.decode_replica = dst.name
+            out.append(MoveKV(rid, src, dst.name, rec.prompt_tokens))
+        self.handoffs = waiting
+
+    def _pick_decoder(self, rid: int, need: int, src: str) -> ReplicaState | None:
+        if self.policy == "splitwise":
+            dst = self.replicas[self.decoder_of[rid]]
+            ok = dst.room(need, dst.batch, dst.batch) and not dst.failed
+            return dst if ok else None
+        live = [r for r in self.replicas.values() if not r.failed and r.name != src]
+        pool = [r for r in live if r.role == "decoder"] or [r for r in live if r.role == "both"]
+        fit = [r for r in pool if r.held() + self._incoming(r) < r.batch
+               and r.room(need, r.batch, r.batch)]
+        if not fit:
+            return None
+        return min(fit, key=lambda r: ((r.held() + self._incoming(r)) / r.batch, -r.free_bytes(),
+                                       r.name))
+
+    def _incoming(self, rep: ReplicaState) -> int:
+        return sum(1 for _, dst in self.moving.values() if dst == rep.name)
+
+    def _expected_done_s(self, rep: ReplicaState) -> float:
+        """When a prompt given to ``rep`` now would be done, from the plan's figures: one prefill
+        period per iteration already in flight, then the trip."""
+        return len(rep.in_flight) * rep.period_s + rep.trip_s
+
+    def _feed_from_queue(self, out: list) -> None:
+        """E2LLM: while prompts wait and a prefill-capable replica has room for an iteration, give
+        the head of the queue to the one that would finish it first (module docstring)."""
+        while self.queue:
+            free = [r for r in self.replicas.values() if not r.failed and self._prefill_capable(r)
+                    and not r.prompts and len(r.in_flight) < self._slots(r)]
+            for rep in sorted(free, key=lambda r: (self._expected_done_s(r), r.name)):
+                if self._take_prompts(rep):
+                    self._start_iterations(rep, out)
+                    break
+            else:
+                return   # nobody can take the head now
+
+    def _take_prompts(self, rep: ReplicaState) -> bool:
+        """Move prompts from the queue's head to ``rep`` for one iteration: FIFO, within the token
+        budget (the first always), each with room for its KV. True if it took any."""
+        budget = self.max_batch_tokens
+        taken = 0
+        while self.queue:
+            rid = self.queue[0]
+            rec = self.records[rid]
+            if rep.prompts and rec.prompt_tokens > budget:
+                break
+            step, rows = taken + rec.prompt_tokens, len(rep.prompts) + 1
+            if rep.role == "both":   # its decode batch may share the iteration
+                kv, step, rows = rec.prompt_tokens + rec.output_tokens, step + rep.batch, rows + rep.batch
+                if rep.held() + len(rep.prompts) + 1 > rep.batch:
+                    break
+            else:
+                kv = rec.prompt_tokens
+            if not rep.room(kv, step, rows):
+                break
+            self.queue.popleft()
+            rep.reserve(rid, kv)
+            rep.prompts.append(rid)
+            taken += rec.prompt_tokens
+            budget -= rec.prompt_tokens
+            if budget <= 0:
+                break
+        return bool(rep.prompts)
+
+    def _slots(self, rep: ReplicaState) -> int:
+        """Iterations that may be in flight: one per stage for prompt-only work, else one."""
+        prompt_only = rep.role == "prefill" and (self.policy == "e2llm" or rep.pool == "prompt")
+        return rep.depth if prompt_only and not rep.decoding else 1
+
+    def _start_iterations(self, rep: ReplicaState, out: list) -> None:
+        while len(rep.in_flight) < self._slots(rep):
+            it = self._compose(rep)
+            if it is None:
+                return
+            rep.in_flight[it.iteration] = it
+            out.append(it)
+
+    def _compose(self, rep: ReplicaState) -> RunIteration | None:
+        """The next iteration of ``rep`` (module docstring), or None if it has nothing to do."""
+        busy = {r for it in rep.in_flight.values() for r, _ in it.decode}
+        budget = self.max_batch_tokens
+        prefill: list = []
+        while rep.prompts:
+            rid = rep.prompts[0]
+            rec = self.records[rid]
+            if prefill and rec.prompt_tokens > budget:
+                break
+            if self.policy == "splitwise" and not rep.reserved(rid):
+                local = self.decoder_of[rid] == rep.name
+                kv = rec.prompt_tokens + (rec.output_tokens if local else 0)
+                step = self.max_batch_tokens - budget + rec.prompt_tokens + min(len(rep.decoding),
+                                                                              rep.batch)
+                if not rep.room(kv, step, len(prefill) + 1 + min(len(rep.decoding), rep.batch)):
+                    break   # blocked until memory frees (FIFO)
+                rep.reserve(rid, kv)
+            rep.prompts.popleft()
+            prefill.append((rid, rec.prompt_tokens))
+            budget -= rec.prompt_tokens
+            if budget <= 0:
+                break
+        decode: list = []
+        for rid in rep.decoding:
+            if len(decode) >= rep.batch or budget <= 0:
+                break
+            if rid in busy:
+                continue
+            rec = self.records[rid]
+            decode.append((rid, rec.prompt_tokens + rec.tokens - 1))
+            budget -= 1
+        if not prefill and not decode:
+            return None
+        self._iteration += 1
+        return RunIteration(rep.name, self._iteration, tuple(prefill), tuple(decode))
+
+    # ---- Splitwise's pools ---------------------------------------------------------------------
+    def _pools(self, name: str) -> list[ReplicaState]:
+        return [r for r in self.replicas.values() if r.pool == name and not r.failed]
+
+    def _pending_tokens(self, rep: ReplicaState) -> int:
+        """splitwise-sim's ``sched_pending_tokens``: prompt tokens queued or computing, + one per
+        sequence decoding."""
+        queued = sum(self.records[r].prompt_tokens for r in rep.prompts)
+        running = sum(t for it in rep.in_flight.values() for _, t in it.prefill)
+        return queued + running + len(rep.decoding)
+
+    def _scheduled_bytes(self, rep: ReplicaState, extra: int) -> bool:
+        """splitwise-sim's ``is_memory_loaded``: the KV scheduled here + ``extra`` tokens (with the
+        decode batch's working memory) would not fit."""
+        promised = sum(rep.promised.values())
+        return not all(led.weight_bytes + (promised + extra) * led.kv_per_token
+                       + working_bytes(rep.batch, rep.batch, led.end == self.anatomy.n_layers,
+                                       self.anatomy) <= led.budget_bytes for led in rep.ledgers)
+
+    def _route_splitwise(self, rec: RequestRecord) -> None:
+        """splitwise-sim's ``MixedPoolScheduler.schedule`` (module docstring), among the instances
+        that could hold the request at all (empty): ours differ in memory, theirs did not."""
+        total, p = rec.prompt_tokens + rec.output_tokens, rec.prompt_tokens
+
+        def can_prompt(r):
+            return self._fits_empty(r, p, p, 1)
+
+        def can_token(r):
+            return self._fits_empty(r, total, r.batch, r.batch)
+
+        def can_both(r):
+            return self._fits_empty(r, total, p + r.batch, 1 + r.batch)
+
+        prompt = token = None
+        for pool in ("prompt", "mixed"):
+            cands = [r for r in self._pools(pool) if can_prompt(r)]
+            if cands:
+                best = min(cands, key=lambda r: (self._pending_tokens(r), r.name))
+                long = best.prompts and (self._pending_tokens(best) + rec.prompt_tokens
+                                         > self.prompt_max_pending_tokens)
+                if not long:
+                    prompt = best
+                    break
+        for pool in ("token", "mixed"):
+            cands = [r for r in self._pools(pool) if can_token(r)]
+            if cands:
+                best = min(cands, key=lambda r: (sum(r.promised.values()), r.name))
+                if not self._scheduled_bytes(best, total):
+                    token = best
+                    break
+        lend = [r for r in self._pools("token") if can_prompt(r)]
+        if prompt is None and lend:
+            prompt = min(lend, key=lambda r: (self._pending_tokens(r), r.name))
+            prompt.pool = "mixed"
+        lend = [r for r in self._pools("prompt") if can_token(r)]
+        if token is None and lend:
+            token = min(lend, key=lambda r: (sum(r.promised.values()), r.name))
+            token.pool = "mixed"
+        if prompt is None or token is None:
+            every = [r for r in self.replicas.values() if not r.failed and can_both(r)]
+            prompt = token = min(every, key=lambda r: (self._pending_tokens(r), r.name))
+        if rec.output_tokens == 1:
+            token = prompt
+        self.decoder_of[rec.id] = token.name
+        token.promised[rec.id] = total
+        if prompt is not token:
+            prompt.promised[rec.id] = rec.prompt_tokens
+        prompt.prompts.append(rec.id)
+
+    def _maybe_return_to_pool(self, rep: ReplicaState) -> None:
+        """splitwise-sim's ``notify_free_instance``: a mixed instance with no work left goes back
+        to its own pool."""
+        if self.policy != "splitwise" or rep.pool != "mixed" or rep.role == "both":
+            return
+        if not (rep.prompts or rep.decoding or rep.in_flight or rep.promised):
+            rep.pool = "prompt" if rep.role == "prefill" else "token"

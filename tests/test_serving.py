@@ -1,0 +1,237 @@
+"""The scheduler driven by the simulator: queueing sanity (M/D/1), nothing lost, memory never
+over budget, FIFO queues, batches within the plan, determinism, and the ``simulate`` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from e2llm_lite import cli
+from e2llm_lite.devices import default_cluster, preset
+from e2llm_lite.errors import ConfigError
+from e2llm_lite.planning import Plan, make_plan
+from e2llm_lite.planning.ga import GAConfig
+from e2llm_lite.serving.events import Arrival, IterationDone, RunIteration
+from e2llm_lite.serving.scheduler import Scheduler
+from e2llm_lite.serving.simulator import simulate_requests
+from e2llm_lite.workload import Request, workload_from_spec
+
+QUICK = GAConfig(population=12, generations=8, patience=4)
+
+
+def poisson_requests(n: int, rate: float, prompt: int, output: int, seed: int = 0) -> list[Request]:
+    t = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, n))
+    return [Request(i, float(x), prompt, output) for i, x in enumerate(t)]
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    cluster = default_cluster(1)
+    plan = make_plan(cluster, "pipeline", "conv", 1.0)
+    return cluster, plan
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.8])
+def test_one_device_matches_md1(one_device, rho):
+    """Constant prompts, one output token, Poisson arrivals, one prompt per iteration: an M/D/1
+    queue, whose mean wait is rho D / (2 (1 - rho))."""
+    cluster, plan = one_device
+    prompt = 200
+    probe = simulate_requests(plan, cluster, [Request(0, 0.0, prompt, 1)], max_batch_tokens=prompt)
+    service = probe.records[0].first_token_s          # D: one prompt alone
+    n = 20_000 if rho == 0.5 else 60_000
+    reqs = poisson_requests(n, rho / service, prompt, 1, seed=1)
+    res = simulate_requests(plan, cluster, reqs, max_batch_tokens=prompt)
+    waits = [r.prefill_start_s - r.arrival_s for r in res.records.values()]
+    expected = rho * service / (2 * (1 - rho))
+    assert abs(np.mean(waits) / expected - 1) < 0.05, (np.mean(waits), expected)
+
+
+@pytest.fixture(scope="module")
+def plans():
+    out = {}
+    for name, rate in (("mixed8", 2.0), ("edge16", 1.0)):
+        cluster = preset(name)
+        for strategy in ("e2llm", "splitwise", "colocated"):
+            out[name, strategy] = (cluster, make_plan(cluster, strategy, "conv", rate, config=QUICK,
+                                                      roles=("prefill", "decoder", "both")))
+    # E2LLM's strict roles, so a hand-off happens for sure
+    cluster = preset("mixed8")
+    out["mixed8", "roles"] = (cluster, make_plan(cluster, "e2llm", "conv", 2.0, config=QUICK,
+                                                 roles=("prefill", "decoder")))
+    return out
+
+
+def overload_requests(plan, factor: float, n: int, seed: int = 0):
+    cap = plan.predicted.get("capacity_rps") or plan.rate
+    return workload_from_spec("conv", cap * factor, seed=seed).generate(n=n)
+
+
+@pytest.mark.parametrize("key", [("mixed8", "e2llm"), ("mixed8", "splitwise"), ("mixed8", "colocated"),
+                                 ("mixed8", "roles"), ("edge16", "e2llm"), ("edge16", "splitwise")],
+                         ids=lambda k: "-".join(k))
+def test_nothing_is_lost_and_memory_holds(plans, key):
+    """Under 1.5x the planned capacity, with requests that can never fit mixed in: every request
+    ends finished or rejected with a reason; the simulator's own ledgers (checked at every step)
+    never see a device over budget (MemoryViolation would raise)."""
+    cluster, plan = plans[key]
+    reqs = overload_requests(plan, 1.5, 400)
+    t = reqs[-1].arrival_s
+    reqs += [Request(1000, t / 2, 8000, 500), Request(1001, t / 3, 100, 8100)]
+    res = simulate_requests(plan, cluster, reqs, timeline=True)
+    recs = res.records
+    assert len(recs) == len(reqs)
+    assert all(r.done != bool(r.rejected) for r in recs.values())
+    assert "context" in recs[1000].rejected and "context" in recs[1001].rejected
+    done = [r for r in recs.values() if r.done]
+    rejected = [r for r in recs.values() if r.rejected and r.id < 1000]
+    # a prompt whose step does not fit any prefill replica's memory (the planner reserves room
+    # for the 90th-percentile prompt) is rejected with that reason, never dropped
+    assert all("memory" in r.rejected for r in rejected), {r.rejected for r in rejected}
+    assert len(done) + len(rejected) == len(reqs) - 2
+    for r in done:
+        assert r.tokens == r.output_tokens
+        assert r.arrival_s <= r.prefill_start_s < r.first_token_s <= r.end_s
+    for dev, peak in res.peak_bytes.items():
+        assert peak <= res.budget_bytes[dev]
+    batch = {r.name: r.batch for r in plan.replicas}
+    assert all(decodes <= batch[rep] for rep, _, _, _, decodes in res.iterations)
+
+
+def test_roles_hand_off_kv(plans):
+    cluster, plan = plans["mixed8", "roles"]
+    assert {r.role for r in plan.replicas} == {"prefill", "decoder"}
+    res = simulate_requests(plan, cluster, overload_requests(plan, 0.5, 200), timeline=True)
+    moved = [r for r in res.records.values() if r.output_tokens > 1 and r.done]
+    roles = {r.name: r.role for r in plan.replicas}
+    assert moved and all(roles[r.prefill_replica] == "prefill" and roles[r.decode_replica] == "decoder"
+                         and r.handoff_s > 0 for r in moved)
+    single = [r for r in res.records.values() if r.output_tokens == 1 and r.done]
+    assert all(r.decode_replica == "" and r.handoff_s == 0 for r in single)
+    assert len(res.handoffs) == len(moved)
+
+
+@pytest.mark.parametrize("key", [("mixed8", "e2llm"), ("mixed8", "splitwise"), ("mixed8", "roles")],
+                         ids=lambda k: "-".join(k))
+def test_each_prefill_queue_is_fifo(plans, key):
+    """Within each replica, prompts start in arrival order (the central queue and Splitwise's
+    per-instance queues are FIFO; a prompt blocked on memory blocks those behind it)."""
+    cluster, plan = plans[key]
+    res = simulate_requests(plan, cluster, overload_requests(plan, 1.2, 400))
+    for rep in plan.replicas:
+        mine = sorted((r for r in res.records.values() if r.prefill_replica == rep.name),
+                      key=lambda r: (r.arrival_s, r.id))
+        starts = [r.prefill_start_s for r in mine]
+        assert starts == sorted(starts), rep.name
+
+
+def test_a_run_is_deterministic(plans):
+    cluster, plan = plans["mixed8", "splitwise"]
+    reqs = overload_requests(plan, 0.9, 300)
+    a = simulate_requests(plan, cluster, reqs).metrics()
+    b = simulate_requests(plan, cluster, reqs).metrics()
+    assert a == b
+
+
+def test_the_scheduler_is_driven_by_events_alone(plans):
+    """Fed by hand: an arrival gives a prefill iteration; its completion gives the next actions."""
+    cluster, plan = plans["mixed8", "roles"]
+    s = Scheduler(plan, cluster)
+    acts = s.on(Arrival(0.0, Request(7, 0.0, 300, 3)))
+    assert len(acts) == 1 and isinstance(acts[0], RunIteration) and acts[0].prefill == ((7, 300),)
+    acts = s.on(IterationDone(1.0, acts[0].replica, acts[0].iteration, 0.5))
+    assert [type(a).__name__ for a in acts] == ["MoveKV"]
+    assert s.records[7].first_token_s == 1.0 and s.records[7].prefill_start_s == 0.5
+    with pytest.raises(TypeError):
+        s.on("not an event")
+
+
+def test_a_plan_for_another_cluster_is_refused(plans):
+    cluster, plan = plans["mixed8", "e2llm"]
+    with pytest.raises(ConfigError):
+        Scheduler(plan, preset("home4"))
+
+
+def test_utilisation_and_slos_are_reported(plans):
+    cluster, plan = plans["mixed8", "e2llm"]
+    m = simulate_requests(plan, cluster, overload_requests(plan, 0.5, 300)).metrics()
+    assert set(m["utilisation"]) == {r.name for r in plan.replicas}
+    assert all(0 <= u["mean"] <= u["busiest"] <= 1 for u in m["utilisation"].values())
+    assert m["slo"]["ttft_s"]["slowdown"]["p50"] >= 0.999   # nobody beats their unloaded self
+    for k in ("waiting_s", "ttft_s", "tbt_s", "e2e_s"):
+        s = m["summary"][k]
+        assert s["p50"] <= s["p90"] <= s["p99"]
+
+
+# ---- the command -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory, plans):
+    d = tmp_path_factory.mktemp("sim")
+    cluster, plan = plans["mixed8", "roles"]
+    plan.save(d / "plan.json")
+    (d / "empty.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
+    (d / "columns.csv").write_text("when,prompt,out\n1,2,3\n")
+    return d
+
+
+def run(capsys, argv):
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_simulate_json_schema(plan_file, capsys):
+    out_csv = plan_file / "requests.csv"
+    code, out, _ = run(capsys, ["simulate", "--plan", str(plan_file / "plan.json"), "--requests", "200",
+                                "--rate", "1", "--json", "--requests-out", str(out_csv)])
+    assert code == 0
+    d = json.loads(out)
+    for k in ("requests_in", "requests_done", "rejected", "duration_s", "throughput_rps", "summary"):
+        assert k in d
+    assert d["requests_in"] == 200 == d["requests_done"] + len(d["rejected"])
+    for m in ("waiting_s", "ttft_s", "tbt_s", "e2e_s"):
+        assert set(d["summary"][m]) >= {"mean", "p50", "p90", "p99"}
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 200
+    assert set(rows[0]) >= {"request", "arrival_s", "prompt_tokens", "output_tokens", "waiting_s",
+                            "ttft_s", "e2e_s", "prefill_replica", "decode_replica"}
+
+
+def test_simulate_replays_a_trace(plan_file, capsys, tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,5\n1,200,1\n2.5,50,20\n")
+    code, out, _ = run(capsys, ["simulate", "--plan", str(plan_file / "plan.json"), "--workload",
+                                str(trace), "--time-scale", "2", "--json", "--requests-out",
+                                str(tmp_path / "r.csv")])
+    assert code == 0 and json.loads(out)["requests_done"] == 3
+    arrivals = [float(r["arrival_s"]) for r in csv.DictReader((tmp_path / "r.csv").open())]
+    assert arrivals == [0.0, 2.0, 5.0]
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--cluster", "home4"], "home4"),
+    (["--workload", "{d}/empty.csv"], "empty.csv"),
+    (["--workload", "{d}/columns.csv"], "columns.csv"),
+    (["--rate", "0"], "--rate"),
+    (["--rate", "nan"], "--rate"),
+    (["--duration", "0"], "--duration"),
+    (["--duration", "-3"], "--duration"),
+    (["--requests", "0"], "--requests"),
+    (["--workload", "conv", "--time-scale", "2"], "--time-scale"),
+], ids=["other-cluster", "empty-trace", "bad-columns", "rate-0", "rate-nan", "duration-0",
+        "duration-negative", "requests-0", "time-scale-on-profile"])
+def test_simulate_bad_input_is_one_line(plan_file, capsys, extra, words):
+    extra = [x.format(d=plan_file) for x in extra]
+    code, _, err = run(capsys, ["simulate", "--plan", str(plan_file / "plan.json"), *extra])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("e2llm-lite: error:"), lines
+    assert words in lines[0] and "Traceback" not in err
