@@ -10,6 +10,9 @@ A stage of an iteration on device ``d`` holding layers ``[s, e)``:
   batch=B, context=mean c)`` (the cost model's decode time is linear in ``batch x context``, so the
   mean context is exact); the context is rounded to :data:`CONTEXT_STEP` tokens so that steps can be
   cached (< 0.1 % of a step);
+* a chunk of ``c`` tokens of a prompt whose first ``k`` tokens are cached (chunked prefill):
+  ``stage_ms(tokens=k + c) - stage_ms(tokens=k)``, what it adds to the whole prompt's time (so the
+  chunks of a prompt cost the prompt; the per-step overhead of the extra steps is not counted);
 * an iteration with both costs both (its prompts, then its decode tokens);
 * + the hand-off of the hidden state of all its tokens to the next stage
   (:func:`~e2llm_lite.devices.transfer_ms` over the link), as in the planner's stage times
@@ -80,8 +83,11 @@ class Durations:
         stage, and the new tokens' trip from the last device to the first."""
         stages = self.stages[it.replica]
         busy = [0.0] * len(stages)
-        for _, tokens in it.prefill:
-            for i, t in enumerate(self.prefill_ms(it.replica, tokens)):
+        for _, tokens, cached in it.prefill:
+            times = self.prefill_ms(it.replica, cached + tokens)
+            if cached:   # a chunk: what it adds to the whole prompt's time
+                times = [a - b for a, b in zip(times, self.prefill_ms(it.replica, cached))]
+            for i, t in enumerate(times):
                 busy[i] += t
         if it.decode:
             ctx = sum(c for _, c in it.decode) / len(it.decode)
@@ -113,8 +119,8 @@ class Durations:
 
         pre = [n for n, r in self.roles.items() if r in ("prefill", "both")]
         dec = [n for n, r in self.roles.items() if r in ("decoder", "both")] or pre
-        p = min(pre, key=lambda n: (trip(RunIteration(n, 0, ((0, prompt_tokens),))), n))
-        ttft = trip(RunIteration(p, 0, ((0, prompt_tokens),)))
+        p = min(pre, key=lambda n: (trip(RunIteration(n, 0, ((0, prompt_tokens, 0),))), n))
+        ttft = trip(RunIteration(p, 0, ((0, prompt_tokens, 0),)))
         if output_tokens == 1:
             return {"ttft_s": ttft, "tbt_s": None, "e2e_s": ttft}
         ctx = prompt_tokens + output_tokens // 2

@@ -70,18 +70,20 @@ Event = Arrival | IterationDone | HandoffDone | DeviceFailed
 # ---- actions ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunIteration:
-    """``prefill``: ((request id, prompt tokens), ...); ``decode``: ((request id, context tokens
-    before this step), ...). Either may be empty, not both."""
+    """``prefill``: ((request id, prompt tokens to compute now, prompt tokens already cached),
+    ...) — a prompt too large for a replica's memory in one step is prefilled in chunks (its
+    first token comes with the last chunk); ``decode``: ((request id, context tokens before this
+    step), ...). Either may be empty, not both."""
 
     replica: str
     iteration: int
-    prefill: tuple[tuple[int, int], ...] = ()
+    prefill: tuple[tuple[int, int, int], ...] = ()
     decode: tuple[tuple[int, int], ...] = ()
 
     @property
     def tokens(self) -> int:
         """Tokens this iteration computes (the iteration token budget counts these)."""
-        return sum(t for _, t in self.prefill) + len(self.decode)
+        return sum(t for _, t, _ in self.prefill) + len(self.decode)
 
 
 @dataclass(frozen=True)

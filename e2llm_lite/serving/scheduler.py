@@ -47,6 +47,10 @@ Routing
   figures (its prefill trip, + one prefill period per iteration already in its pipeline): least
   expected completion, from the cost model. A central queue is the M/M/c model the planner's
   formula assumes: nobody waits behind a busy replica while another one idles.
+* A prompt that no prefill-capable replica could hold at all (its KV alone is too big for one)
+  goes to the least-loaded DECODER that can, which prefills and decodes it (Splitwise's fallback
+  to one instance); a prompt that fits a replica's KV but not one step's working memory is
+  prefilled in **chunks** (the largest that fit; its first token comes with the last chunk).
 * A finished prompt goes to the DECODER (else ``both``) replica with the lowest load (sequences
   held / B), ties broken by the most free memory, among those with room for its ``prompt + output``
   KV and fewer than B sequences held; if none has room it waits (FIFO), its KV held where it is.
@@ -212,6 +216,8 @@ class Scheduler:
         self.handoffs: deque = deque()       # requests whose KV waits for a decoder: (id, src)
         self.decoder_of: dict[int, str] = {}  # splitwise: the token instance chosen at arrival
         self.moving: dict[int, tuple] = {}   # request -> (src, dst) while its KV travels
+        self.issued: dict[int, int] = {}     # request -> prompt tokens given to iterations so far
+        self.chunk: dict[int, int] = {}      # request -> chunk size, if its prompt is chunked
         self._iteration = 0
         self.events = 0
 
@@ -262,14 +268,15 @@ class Scheduler:
             return "no replica is left"
         if self.policy == "splitwise":
             # any instance may end up doing both (the fallback): one that holds it all suffices
-            if any(self._fits_empty(r, total, p + r.batch, 1 + r.batch) for r in live):
+            if any(self._fits_empty(r, total, 1 + r.batch, 1 + r.batch) for r in live):
                 return ""
             return (f"its KV ({total} tokens) and prompt step do not fit any replica's memory")
         pre = [r for r in live if self._prefill_capable(r)]
         dec = [r for r in live if self._decode_capable(r)]
-        if not any(self._fits_empty(r, total, p + r.batch, 1 + r.batch) if r.role == "both"
-                   else self._fits_empty(r, p, p, 1) for r in pre):
-            return f"its prompt ({p} tokens) does not fit any prefill replica's memory"
+        if not any(self._fits_empty(r, total, 1 + r.batch, 1 + r.batch) if r.role == "both"
+                   else self._fits_empty(r, p, 1, 1) for r in pre) and not any(
+                self._fits_empty(r, total, 1 + r.batch, 1 + r.batch) for r in dec):
+            return f"its prompt ({p} tokens) does not fit any replica's memory"
         if req.output_tokens > 1 and not any(
                 self._fits_empty(r, total, r.batch, r.batch) for r in dec):
             return f"its KV ({total} tokens) does not fit any decoder's memory"
@@ -287,21 +294,33 @@ class Scheduler:
             rec.rejected = why
             out.append(Reject(req.id, why))
             return
-        if self.policy == "e2llm":
-            self.queue.append(req.id)
-        else:
+        if self.policy == "splitwise":
             self._route_splitwise(rec)
+        elif self._prefill_home(req) is not None:
+            self.queue.append(req.id)
+        else:   # no prefill replica can ever hold this prompt: a decoder that can does it all
+            live = [r for r in self.replicas.values() if not r.failed and self._decode_capable(r)
+                    and self._fits_empty(r, req.prompt_tokens + req.output_tokens, 1 + r.batch,
+                                         1 + r.batch)]
+            home = min(live, key=lambda r: (r.held() / r.batch, -r.free_bytes(), r.name))
+            self.decoder_of[req.id] = home.name
+            home.prompts.append(req.id)
 
     def _iteration_done(self, ev: IterationDone, out: list) -> None:
         rep = self.replicas[ev.replica]
         it = rep.in_flight.pop(ev.iteration)
-        for rid, _ in it.prefill:
+        for rid, tokens, cached in it.prefill:
             rec = self.records[rid]
             if rec.rejected:
                 continue
-            rec.prefill_start_s = ev.started_s
+            if cached == 0:
+                rec.prefill_start_s = ev.started_s
+                rec.prefill_replica = rep.name
+            if cached + tokens < rec.prompt_tokens:
+                continue   # a chunk: more of the prompt to come
+            self.issued.pop(rid, None)
+            self.chunk.pop(rid, None)
             rec.first_token_s = ev.time_s
-            rec.prefill_replica = rep.name
             rec.token(ev.time_s)
             if rec.done:
                 rep.free(rid)
@@ -346,7 +365,7 @@ class Scheduler:
             rep.failed = True
             why = f"device {ev.device!r} of replica {rep.name} failed at {ev.time_s:.3f} s"
             lost = set(rep.prompts) | set(rep.decoding) | set(rep.promised)
-            lost |= {r for it in rep.in_flight.values() for r, _ in it.prefill + it.decode}
+            lost |= {r for it in rep.in_flight.values() for r, *_ in it.prefill + it.decode}
             lost |= {r for r, src in self.handoffs if src == rep.name}
             lost |= {r for r, (a, b) in self.moving.items() if rep.name in (a, b)}
             lost |= set(rep.ledgers[0].kv_tokens)
@@ -361,9 +380,20 @@ class Scheduler:
             self.handoffs = deque(h for h in self.handoffs if h[0] not in lost)
 
     # ---- decisions ---------------------------------------------------------------------------
+    def _prefill_home(self, req):
+        """A prefill-capable replica that could hold ``req``'s prompt at all (empty), or None."""
+        total = req.prompt_tokens + req.output_tokens
+        for r in self.replicas.values():
+            if r.failed or not self._prefill_capable(r):
+                continue
+            if (self._fits_empty(r, total, 1 + r.batch, 1 + r.batch) if r.role == "both"
+                    else self._fits_empty(r, req.prompt_tokens, 1, 1)):
+                return r
+        return None
+
     def _decodes_here(self, rep: ReplicaState, rid: int) -> bool:
-        if self.policy == "splitwise":
-            return self.decoder_of.get(rid) == rep.name
+        if rid in self.decoder_of:
+            return self.decoder_of[rid] == rep.name
         return rep.role == "both"
 
     def _dispatch(self, out: list) -> None:
@@ -447,6 +477,15 @@ class Scheduler:
             else:
                 kv = rec.prompt_tokens
             if not rep.room(kv, step, rows):
+                if rep.prompts:
+                    break
+                chunk = self._chunk(rep, kv, step - rec.prompt_tokens, rows)
+                if chunk < 1:
+                    break
+                self.chunk[rid] = chunk   # alone, in chunks (chunked prefill)
+                rep.reserve(rid, kv)
+                self.queue.popleft()
+                rep.prompts.append(rid)
                 break
             self.queue.popleft()
             rep.reserve(rid, kv)
@@ -456,6 +495,18 @@ class Scheduler:
             if budget <= 0:
                 break
         return bool(rep.prompts)
+
+    def _chunk(self, rep: ReplicaState, kv: int, others: int, rows: int) -> int:
+        """The largest prompt chunk (tokens) whose step, on top of ``others`` tokens, fits ``rep``
+        with ``kv`` more tokens of KV reserved; 0 if not even one token does."""
+        lo, hi = 0, max(1, self.max_batch_tokens)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if rep.room(kv, others + mid, rows):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _slots(self, rep: ReplicaState) -> int:
         """Iterations that may be in flight: one per stage for prompt-only work, else one."""
@@ -478,20 +529,29 @@ class Scheduler:
         while rep.prompts:
             rid = rep.prompts[0]
             rec = self.records[rid]
-            if prefill and rec.prompt_tokens > budget:
+            done = self.issued.get(rid, 0)
+            left = rec.prompt_tokens - done
+            if prefill and left > budget:
                 break
-            if self.policy == "splitwise" and not rep.reserved(rid):
+            if not rep.reserved(rid):   # splitwise, or e2llm's fallback to a decoder
                 local = self.decoder_of[rid] == rep.name
                 kv = rec.prompt_tokens + (rec.output_tokens if local else 0)
-                step = self.max_batch_tokens - budget + rec.prompt_tokens + min(len(rep.decoding),
-                                                                              rep.batch)
-                if not rep.room(kv, step, len(prefill) + 1 + min(len(rep.decoding), rep.batch)):
-                    break   # blocked until memory frees (FIFO)
+                others = self.max_batch_tokens - budget + min(len(rep.decoding), rep.batch)
+                rows = len(prefill) + 1 + min(len(rep.decoding), rep.batch)
+                if not rep.room(kv, others + rec.prompt_tokens, rows):
+                    chunk = 0 if prefill else self._chunk(rep, kv, others, rows)
+                    if chunk < 1:
+                        break   # blocked until memory frees (FIFO)
+                    self.chunk[rid] = chunk
                 rep.reserve(rid, kv)
+            n = min(left, self.chunk.get(rid, left))
+            prefill.append((rid, n, done))
+            if n < left:   # a chunk: the rest goes in later iterations, alone
+                self.issued[rid] = done + n
+                break
             rep.prompts.popleft()
-            prefill.append((rid, rec.prompt_tokens))
-            budget -= rec.prompt_tokens
-            if budget <= 0:
+            budget -= n
+            if budget <= 0 or rid in self.chunk:
                 break
         decode: list = []
         for rid in rep.decoding:
@@ -515,7 +575,7 @@ class Scheduler:
         """splitwise-sim's ``sched_pending_tokens``: prompt tokens queued or computing, + one per
         sequence decoding."""
         queued = sum(self.records[r].prompt_tokens for r in rep.prompts)
-        running = sum(t for it in rep.in_flight.values() for _, t in it.prefill)
+        running = sum(t for it in rep.in_flight.values() for _, t, _ in it.prefill)
         return queued + running + len(rep.decoding)
 
     def _scheduled_bytes(self, rep: ReplicaState, extra: int) -> bool:
@@ -531,14 +591,14 @@ class Scheduler:
         that could hold the request at all (empty): ours differ in memory, theirs did not."""
         total, p = rec.prompt_tokens + rec.output_tokens, rec.prompt_tokens
 
-        def can_prompt(r):
-            return self._fits_empty(r, p, p, 1)
+        def can_prompt(r):   # in chunks if need be
+            return self._fits_empty(r, p, 1, 1)
 
         def can_token(r):
             return self._fits_empty(r, total, r.batch, r.batch)
 
         def can_both(r):
-            return self._fits_empty(r, total, p + r.batch, 1 + r.batch)
+            return self._fits_empty(r, total, 1 + r.batch, 1 + r.batch)
 
         prompt = token = None
         for pool in ("prompt", "mixed"):

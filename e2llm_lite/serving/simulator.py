@@ -120,7 +120,7 @@ class _Sim:
         rows = len(it.prefill) + len(it.decode)
         for dev, _, _ in stages:  # memory: the new KV + the step's working memory, every stage
             led = self.ledgers[dev]
-            for rid, tokens in it.prefill:
+            for rid, tokens, _ in it.prefill:
                 led.kv_tokens[rid] = led.kv_tokens.get(rid, 0) + tokens
             for rid, _ in it.decode:
                 led.kv_tokens[rid] = led.kv_tokens.get(rid, 0) + 1
