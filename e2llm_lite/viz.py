@@ -609,3 +609,64 @@ def plot_wait_vs_rate(curves, ax=None, title=None):
     ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ---- serving ---------------------------------------------------------------------------------
+SERVING_METRICS = {"waiting_s": "waiting", "ttft_s": "TTFT",
+                   "tbt_s": "mean TBT", "e2e_s": "end-to-end"}
+
+
+def plot_latency_cdfs(runs: dict, metrics=("waiting_s", "ttft_s", "e2e_s"), title=None):
+    """One panel per metric: the CDF of each run's per-request values (s, log scale).
+    ``runs``: label -> rows of :func:`~e2llm_lite.serving.metrics.request_rows`."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for label, rows in runs.items():
+            v = np.sort([r[m] for r in rows if r[m] is not None])
+            if v.size:
+                ax.step(np.maximum(v, 1e-4), np.arange(1, v.size + 1) / v.size, where="post",
+                        label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{SERVING_METRICS.get(m, m)} (s)")
+        ax.set_ylabel("fraction of requests")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle((title + "\n" if title else "") + "per-request CDFs, device time (values under "
+                 "0.1 ms drawn at 0.1 ms)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_serving_timeline(result, t0: float = 0.0, t1: float | None = None, ax=None, title=None):
+    """Replicas over time (a simulation run with ``timeline=True``): each iteration a bar on its
+    replica's row — blue: prompts only, orange: decode only, purple: both — and each KV hand-off
+    an arrow from the prefill replica to the decoder, between ``t0`` and ``t1`` (s)."""
+    from matplotlib.patches import Patch
+
+    names = list(result.replica_devices)
+    row = {n: i for i, n in enumerate(names)}
+    t1 = result.end_s if t1 is None else t1
+    fig, ax = _fig_ax(ax, (11, 0.8 + 0.7 * len(names)))
+    colors = {(True, False): "tab:blue", (False, True): "tab:orange", (True, True): "tab:purple"}
+    for rep, start, end, prompts, decodes in result.iterations:
+        if end < t0 or start > t1:
+            continue
+        ax.barh(row[rep], end - start, left=start, height=0.6,
+                color=colors[(prompts > 0, decodes > 0)], edgecolor="white", linewidth=0.3)
+    for _, src, dst, start, end in result.handoffs:
+        if t0 <= start <= t1:
+            ax.annotate("", xy=(end, row[dst]), xytext=(start, row[src]),
+                        arrowprops=dict(arrowstyle="->", color="tab:green", lw=0.8))
+    ax.set_yticks(range(len(names)), [f"{n}\n({len(result.replica_devices[n])} dev.)" for n in names])
+    ax.set_xlim(t0, t1)
+    ax.invert_yaxis()
+    ax.set_xlabel("device time (s)")
+    ax.legend(handles=[Patch(color="tab:blue", label="prefill"), Patch(color="tab:orange",
+                       label="decode step"), Patch(color="tab:purple", label="prefill + decode"),
+                       Patch(color="tab:green", label="KV hand-off (arrow)")],
+              loc="upper right", ncol=4, fontsize=9)
+    ax.set_title(title or "what each replica runs over time")
+    fig.tight_layout()
+    return fig

@@ -217,7 +217,6 @@ class Scheduler:
         self.decoder_of: dict[int, str] = {}  # splitwise: the token instance chosen at arrival
         self.moving: dict[int, tuple] = {}   # request -> (src, dst) while its KV travels
         self.issued: dict[int, int] = {}     # request -> prompt tokens given to iterations so far
-        self.chunk: dict[int, int] = {}      # request -> chunk size, if its prompt is chunked
         self._iteration = 0
         self.events = 0
 
@@ -319,7 +318,6 @@ class Scheduler:
             if cached + tokens < rec.prompt_tokens:
                 continue   # a chunk: more of the prompt to come
             self.issued.pop(rid, None)
-            self.chunk.pop(rid, None)
             rec.first_token_s = ev.time_s
             rec.token(ev.time_s)
             if rec.done:
@@ -477,13 +475,9 @@ class Scheduler:
             else:
                 kv = rec.prompt_tokens
             if not rep.room(kv, step, rows):
-                if rep.prompts:
+                if rep.prompts or not rep.room(kv, step - rec.prompt_tokens + 1, rows):
                     break
-                chunk = self._chunk(rep, kv, step - rec.prompt_tokens, rows)
-                if chunk < 1:
-                    break
-                self.chunk[rid] = chunk   # alone, in chunks (chunked prefill)
-                rep.reserve(rid, kv)
+                rep.reserve(rid, kv)   # alone: it will be prefilled in chunks (see _compose)
                 self.queue.popleft()
                 rep.prompts.append(rid)
                 break
@@ -496,10 +490,10 @@ class Scheduler:
                 break
         return bool(rep.prompts)
 
-    def _chunk(self, rep: ReplicaState, kv: int, others: int, rows: int) -> int:
-        """The largest prompt chunk (tokens) whose step, on top of ``others`` tokens, fits ``rep``
-        with ``kv`` more tokens of KV reserved; 0 if not even one token does."""
-        lo, hi = 0, max(1, self.max_batch_tokens)
+    def _chunk(self, rep: ReplicaState, kv: int, others: int, rows: int, most: int) -> int:
+        """The largest prompt chunk (<= ``most`` tokens) whose step, on top of ``others`` tokens,
+        fits ``rep`` with ``kv`` more tokens of KV reserved; 0 if not even one token does."""
+        lo, hi = 0, most
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if rep.room(kv, others + mid, rows):
@@ -522,9 +516,16 @@ class Scheduler:
             out.append(it)
 
     def _compose(self, rep: ReplicaState) -> RunIteration | None:
-        """The next iteration of ``rep`` (module docstring), or None if it has nothing to do."""
+        """The next iteration of ``rep`` (module docstring), or None if it has nothing to do.
+
+        Memory is checked for the iteration as composed: the KV reserved, the new prompts' KV and
+        the working memory of all its tokens (its decode tokens counted first); a prompt whose
+        step does not fit goes in the largest chunk that does (or waits, FIFO)."""
         busy = {r for it in rep.in_flight.values() for r, _ in it.decode}
+        ready = [rid for rid in rep.decoding if rid not in busy][:rep.batch]
+        d = len(ready)
         budget = self.max_batch_tokens
+        taken = 0
         prefill: list = []
         while rep.prompts:
             rid = rep.prompts[0]
@@ -533,35 +534,27 @@ class Scheduler:
             left = rec.prompt_tokens - done
             if prefill and left > budget:
                 break
+            rows = d + len(prefill) + 1
             if not rep.reserved(rid):   # splitwise, or e2llm's fallback to a decoder
-                local = self.decoder_of[rid] == rep.name
-                kv = rec.prompt_tokens + (rec.output_tokens if local else 0)
-                others = self.max_batch_tokens - budget + min(len(rep.decoding), rep.batch)
-                rows = len(prefill) + 1 + min(len(rep.decoding), rep.batch)
-                if not rep.room(kv, others + rec.prompt_tokens, rows):
-                    chunk = 0 if prefill else self._chunk(rep, kv, others, rows)
-                    if chunk < 1:
-                        break   # blocked until memory frees (FIFO)
-                    self.chunk[rid] = chunk
+                kv = rec.prompt_tokens + (rec.output_tokens if self._decodes_here(rep, rid) else 0)
+                if not rep.room(kv, taken + d + 1, rows):
+                    break   # blocked until memory frees (FIFO)
                 rep.reserve(rid, kv)
-            n = min(left, self.chunk.get(rid, left))
+            n = left if rep.room(0, taken + d + left, rows) else (
+                0 if prefill else self._chunk(rep, 0, taken + d, rows, left))
+            if n < 1:
+                break
             prefill.append((rid, n, done))
-            if n < left:   # a chunk: the rest goes in later iterations, alone
+            taken += n
+            if n < left:   # a chunk: the rest goes in later iterations
                 self.issued[rid] = done + n
                 break
             rep.prompts.popleft()
             budget -= n
-            if budget <= 0 or rid in self.chunk:
+            if budget <= 0:
                 break
-        decode: list = []
-        for rid in rep.decoding:
-            if len(decode) >= rep.batch or budget <= 0:
-                break
-            if rid in busy:
-                continue
-            rec = self.records[rid]
-            decode.append((rid, rec.prompt_tokens + rec.tokens - 1))
-            budget -= 1
+        decode = [(rid, self.records[rid].prompt_tokens + self.records[rid].tokens - 1)
+                  for rid in ready[:max(0, budget)]]
         if not prefill and not decode:
             return None
         self._iteration += 1
