@@ -350,9 +350,12 @@ def cmd_plan(args) -> dict:
         stats = workload_stats(wl, cm)
         roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
         cfg = GAConfig(population=20, generations=60, patience=15) if args.quick else None
-        plan = make_plan(cluster, args.strategy, stats, wl.rate, seed=args.seed, costmodel=cm,
-                         progress=False if args.json else None, config=cfg, roles=roles,
-                         objective=args.objective, mixed_pool=not args.no_mixed_pool)
+        if args.refine_sim:
+            plan = _plan_refined(args, cluster, cm, wl, stats, roles, cfg, say)
+        else:
+            plan = make_plan(cluster, args.strategy, stats, wl.rate, seed=args.seed, costmodel=cm,
+                             progress=False if args.json else None, config=cfg, roles=roles,
+                             objective=args.objective, mixed_pool=not args.no_mixed_pool)
         if args.out:
             plan.save(args.out)
     say(plan.summary())
@@ -455,6 +458,32 @@ def cmd_simulate(args) -> dict:
     return out
 
 
+def _plan_refined(args, cluster, cm, wl, stats, roles, cfg, say):
+    """``plan --refine-sim K``: the GA, then its K best distinct candidates re-ranked by
+    simulating ``--refine-requests`` requests of the workload (e2llm_lite.serving.refine)."""
+    from .planning import SearchProblem, plan_e2llm
+    from .serving.refine import refine_by_simulation
+
+    if args.strategy != "e2llm":
+        raise ValueError("--refine-sim re-ranks the GA's candidates: it needs --strategy e2llm")
+    problem = SearchProblem(cluster, stats, wl.rate, costmodel=cm, roles=roles,
+                            objective=args.objective)
+    problem.check_cluster()
+    plan, hist = plan_e2llm(problem, seed=args.seed, config=cfg,
+                            progress=False if args.json else None)
+    requests = wl.generate(n=args.refine_requests) if wl.arrival != "trace" else \
+        wl.generate()[:args.refine_requests]
+    plan, table = refine_by_simulation(problem, hist.final, requests, args.refine_sim,
+                                       search=plan.search, costmodel=cm, notes=plan.notes)
+    say(f"re-ranked the GA's {len(table)} best candidates by simulating {len(requests)} requests:")
+    for row in table:
+        say(f"  formula #{row['formula_rank']}: fitness {row['formula_fitness']:.4g}; simulated mean "
+            f"waiting {row['simulated_waiting_s']:.4g} s, TTFT {row['simulated_ttft_s']:.4g} s"
+            + (f", {row['rejected']} rejected" if row["rejected"] else "")
+            + ("  <- chosen" if row["formula_rank"] == plan.search["refine_sim"]["chosen"] else ""))
+    return plan
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="e2llm-lite", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -534,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what the GA minimises: mean waiting time (default) or TTFT")
     pl.add_argument("--no-mixed-pool", action="store_true",
                     help="Splitwise without its mixed pool (prompt and token pools only)")
+    pl.add_argument("--refine-sim", type=_whole(1), metavar="K", help="re-rank the GA's K best "
+                    "distinct candidates by simulating the workload; keep the best simulated")
+    pl.add_argument("--refine-requests", type=_whole(1), default=1000, metavar="N",
+                    help="requests simulated per candidate with --refine-sim (default 1000)")
     pl.add_argument("--profile", help="cost-model profile (default: the shipped reference)")
     pl.set_defaults(func=cmd_plan, devices=None)
 

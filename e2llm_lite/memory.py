@@ -76,6 +76,7 @@ class MemoryLedger:
     anatomy: Anatomy = ANATOMY
     kv_tokens: dict = field(default_factory=dict)   # request id -> tokens cached here
     peak_bytes: int = 0
+    _kv_total: float = field(default=0.0, repr=False)   # sum of kv_tokens: change both via add_kv / free
 
     @cached_property
     def weight_bytes(self) -> int:
@@ -88,7 +89,7 @@ class MemoryLedger:
 
     @property
     def kv_bytes(self) -> int:
-        return int(round(sum(self.kv_tokens.values()) * self.kv_per_token))
+        return int(round(self._kv_total * self.kv_per_token))
 
     @property
     def used_bytes(self) -> int:
@@ -134,12 +135,18 @@ class MemoryLedger:
         self._check(need, f"request {request} needs {need / MIB:.1f} MiB for {tokens} more "
                     f"token(s) (weights {self.weight_bytes / MIB:.1f} + KV {kv_after / MIB:.2f} + "
                     f"activations {self.working_bytes(tokens) / MIB:.2f})")
-        self.kv_tokens[request] = self.kv_tokens.get(request, 0) + tokens
+        self.add_kv(request, tokens)
         self.peak_bytes = max(self.peak_bytes, need)
+
+    def add_kv(self, request: int, tokens: float) -> None:
+        """Count ``tokens`` more tokens of ``request``'s KV here, unchecked (a scheduler's own
+        copy of the ledger, or a step already checked)."""
+        self.kv_tokens[request] = self.kv_tokens.get(request, 0) + tokens
+        self._kv_total += tokens
 
     def release(self, request: int, tokens: int) -> None:
         """Undo :meth:`reserve` of ``tokens`` tokens (a step that failed after reserving)."""
-        self.kv_tokens[request] = self.kv_tokens.get(request, 0) - tokens
+        self.add_kv(request, -tokens)
 
     def reserve_import(self, request: int, layers: int, tokens: int) -> None:
         """Account an imported KV piece of ``layers`` layers x ``tokens`` tokens, or refuse."""
@@ -148,15 +155,16 @@ class MemoryLedger:
         self._check(need, f"importing request {request}'s KV ({piece / MIB:.2f} MiB) needs "
                     f"{need / MIB:.1f} MiB")
         # a request's KV is whole once every layer's piece arrived: count tokens per full layer set
-        self.kv_tokens[request] = self.kv_tokens.get(request, 0) + tokens * layers / (self.end - self.start)
+        self.add_kv(request, tokens * layers / (self.end - self.start))
         self.peak_bytes = max(self.peak_bytes, need)
 
     def free(self, request: int | None = None) -> None:
         """Forget ``request``'s KV (every request's with None)."""
         if request is None:
             self.kv_tokens.clear()
+            self._kv_total = 0.0
         else:
-            self.kv_tokens.pop(request, None)
+            self._kv_total -= self.kv_tokens.pop(request, 0)
 
     def _check(self, need: int, what: str) -> None:
         if need > self.budget_bytes:

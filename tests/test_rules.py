@@ -60,7 +60,7 @@ def test_the_ledger_admits_by_the_planners_rule(start, end):
         for budget in (need - 1, need):
             ledger = MemoryLedger("d", budget, start, end)
             if k:
-                ledger.kv_tokens[7] = k
+                ledger.add_kv(7, k)
             assert ledger.need_bytes(t) == need
             assert ledger.fits(t) == (need <= budget)
             if need <= budget:

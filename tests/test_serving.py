@@ -249,3 +249,24 @@ def test_a_prompt_too_large_for_one_step_is_prefilled_in_chunks(plans):
     prompt_iterations = [it for it in res.iterations if it[3] == 1 and it[0] == res.records[0].prefill_replica]
     assert len(prompt_iterations) > 2       # several chunks of request 0
     assert res.records[0].first_token_s > res.records[0].prefill_start_s
+
+
+def test_refine_by_simulation_keeps_the_best_simulated_candidate():
+    from e2llm_lite.planning import SearchProblem, plan_e2llm
+    from e2llm_lite.serving.refine import refine_by_simulation
+
+    cluster = preset("mixed8")
+    problem = SearchProblem(cluster, "conv", 2.0)
+    _, hist = plan_e2llm(problem, config=QUICK)
+    assert len(hist.final) >= 3 and hist.final == sorted(hist.final, key=lambda gf: (gf[1], gf[0]))
+    reqs = workload_from_spec("conv", 2.0, seed=3).generate(n=150)
+    plan, table = refine_by_simulation(problem, hist.final, reqs, 3)
+    assert len(table) == 3
+    waits = [row["simulated_waiting_s"] for row in table]
+    assert plan.search["refine_sim"]["chosen"] == int(np.argmin(waits))
+
+
+def test_refine_sim_needs_the_ga(capsys):
+    code, _, err = run(capsys, ["plan", "--cluster", "mixed8", "--rate", "1", "--strategy",
+                                "splitwise", "--refine-sim", "3"])
+    assert code == 2 and "--refine-sim" in err and len(err.strip().splitlines()) == 1

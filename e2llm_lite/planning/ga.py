@@ -104,6 +104,9 @@ class History:
     evaluations: list[int] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    #: the last population's distinct groupings with their fitness, best first (the candidates a
+    #: caller may re-rank, e.g. by simulation)
+    final: list = field(default_factory=list, repr=False)
 
     @property
     def generations(self) -> int:
@@ -411,4 +414,7 @@ def ga_search(problem: SearchProblem, config: GAConfig | None = None, seed: int 
         if bar is not None:
             bar.close()
     hist.seconds = time.perf_counter() - t0
+    final = dict(zip(pop, fit))
+    final[best[0]] = best[1]
+    hist.final = sorted(final.items(), key=lambda gf: (gf[1], gf[0]))
     return best[0], best[1], hist

@@ -165,7 +165,7 @@ class ReplicaState:
 
     def reserve(self, request: int, tokens: int) -> None:
         for led in self.ledgers:
-            led.kv_tokens[request] = led.kv_tokens.get(request, 0) + tokens
+            led.add_kv(request, tokens)
 
     def free(self, request: int) -> None:
         for led in self.ledgers:

@@ -121,9 +121,9 @@ class _Sim:
         for dev, _, _ in stages:  # memory: the new KV + the step's working memory, every stage
             led = self.ledgers[dev]
             for rid, tokens, _ in it.prefill:
-                led.kv_tokens[rid] = led.kv_tokens.get(rid, 0) + tokens
+                led.add_kv(rid, tokens)
             for rid, _ in it.decode:
-                led.kv_tokens[rid] = led.kv_tokens.get(rid, 0) + 1
+                led.add_kv(rid, 1)
             need = led.step_need_bytes(0, step_tokens, rows)
             led.peak_bytes = max(led.peak_bytes, need)
             if need > led.budget_bytes:
