@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["check_split", "even_split", "kv_handoff_ms", "kv_pieces", "stage_times"]
+__all__ = ["check_split", "even_split", "kv_handoff_ms", "kv_handoff_per_source_ms", "kv_pieces",
+           "stage_times"]
 
 
 def even_split(n_stages: int, n_layers: int = 30) -> list[tuple[int, int]]:
@@ -90,13 +91,22 @@ def kv_pieces(src: Sequence[tuple], dst: Sequence[tuple]) -> list[tuple]:
     return out
 
 
-def kv_handoff_ms(src: Sequence[tuple], dst: Sequence[tuple], link_ms, tokens: float,
-                  kv_bytes_per_token_layer: int) -> float:
-    """ms to hand the KV of ``tokens`` tokens from split ``src`` to split ``dst`` (module
-    docstring): ``link_ms(a, b, nbytes)`` times one piece from device ``a`` to ``b`` (0 when
-    ``a == b``); each source's pieces add up, the slowest source decides."""
+def kv_handoff_per_source_ms(src: Sequence[tuple], dst: Sequence[tuple], link_ms, tokens: float,
+                             kv_bytes_per_token_layer: int) -> dict:
+    """Source device -> ms its pieces of a KV hand-off take (one after another): the KV of
+    ``tokens`` tokens from split ``src`` to split ``dst``; ``link_ms(a, b, nbytes)`` times one
+    piece from device ``a`` to ``b`` (0 when ``a == b``)."""
     per_source: dict = {}
     for a, b, start, end in kv_pieces(src, dst):
         nbytes = tokens * (end - start) * kv_bytes_per_token_layer
         per_source[a] = per_source.get(a, 0.0) + (0.0 if a == b else link_ms(a, b, nbytes))
-    return max(per_source.values(), default=0.0)
+    return per_source
+
+
+def kv_handoff_ms(src: Sequence[tuple], dst: Sequence[tuple], link_ms, tokens: float,
+                  kv_bytes_per_token_layer: int) -> float:
+    """ms to hand the KV of ``tokens`` tokens from split ``src`` to split ``dst`` (module
+    docstring): each source's pieces add up (:func:`kv_handoff_per_source_ms`), the sources send
+    in parallel, the slowest decides."""
+    return max(kv_handoff_per_source_ms(src, dst, link_ms, tokens, kv_bytes_per_token_layer).values(),
+               default=0.0)

@@ -270,3 +270,18 @@ def test_refine_sim_needs_the_ga(capsys):
     code, _, err = run(capsys, ["plan", "--cluster", "mixed8", "--rate", "1", "--strategy",
                                 "splitwise", "--refine-sim", "3"])
     assert code == 2 and "--refine-sim" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", [("mixed8", "roles"), ("edge16", "splitwise"), ("edge16", "e2llm")],
+                         ids=lambda k: "-".join(k))
+def test_streaming_the_kv_shortens_hand_offs(plans, key):
+    """With the KV streamed layer by layer during the prefill, a hand-off ends no later than it
+    would after the prefill; nothing is lost and memory holds."""
+    cluster, plan = plans[key]
+    reqs = overload_requests(plan, 0.5, 300, seed=5)
+    off = simulate_requests(plan, cluster, reqs)
+    on = simulate_requests(plan, cluster, reqs, stream_kv=True)
+    assert all(r.done for r in on.records.values())
+    h_off = [r.handoff_s for r in off.records.values() if r.handoff_s]
+    h_on = [r.handoff_s for r in on.records.values() if r.handoff_s or r.prefill_replica != r.decode_replica]
+    assert h_off and np.mean(h_on) < np.mean(h_off)

@@ -22,13 +22,16 @@ A stage of an iteration on device ``d`` holding layers ``[s, e)``:
 
 A KV hand-off: :func:`~e2llm_lite.split.kv_handoff_ms` of the prompt's tokens between the two
 replicas' splits (each layer's piece to the device holding that layer there; a source's pieces go
-one after another, the sources in parallel) — the planner's hand-off formula.
+one after another, the sources in parallel) — the planner's hand-off formula. **Streamed**
+(``stream_kv``, as Splitwise does): each source device starts sending its pieces when its own
+stage has finished the prompt's last chunk, so the hand-off ends at ``max over sources of (its
+stage's end + its pieces)``, possibly before the prefill iteration is back at the first device.
 """
 
 from __future__ import annotations
 
 from ..costmodel import CostModel
-from ..split import kv_handoff_ms
+from ..split import kv_handoff_ms, kv_handoff_per_source_ms
 from .events import RunIteration
 
 __all__ = ["CONTEXT_STEP", "Durations", "TOKEN_BYTES"]
@@ -106,6 +109,12 @@ class Durations:
             self._handoff[key] = kv_handoff_ms(self.stages[src], self.stages[dst], self._link_ms,
                                                tokens, self.cm.anatomy.kv_bytes_per_token_layer)
         return self._handoff[key]
+
+    def handoff_per_source_ms(self, src: str, dst: str, tokens: int) -> dict:
+        """Source device -> ms of its pieces of that hand-off (for a streamed hand-off, each
+        source starts when its own stage has finished the prompt)."""
+        return kv_handoff_per_source_ms(self.stages[src], self.stages[dst], self._link_ms, tokens,
+                                        self.cm.anatomy.kv_bytes_per_token_layer)
 
     def unloaded(self, prompt_tokens: int, output_tokens: int) -> dict:
         """A request's figures alone on the plan (s): the fastest path it offers — TTFT on the

@@ -88,12 +88,15 @@ class RunIteration:
 
 @dataclass(frozen=True)
 class MoveKV:
-    """Move ``tokens`` tokens of ``request``'s KV cache from replica ``src`` to replica ``dst``."""
+    """Move ``tokens`` tokens of ``request``'s KV cache from replica ``src`` to replica ``dst``.
+    ``streamed``: the destination was chosen before the prefill ran, so each layer's piece could
+    leave as soon as its stage had computed it (Splitwise's layer-wise KV streaming)."""
 
     request: int
     src: str
     dst: str
     tokens: int
+    streamed: bool = False
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,13 @@ instance with the fewest pending tokens. A mixed instance returns to its own poo
 work left. Each instance keeps its own FIFO prompt queue. Not modelled: splitwise-sim's
 pre-emption of decode tasks (memory is reserved in full here, so none is needed).
 
+KV streaming (``stream_kv``, off by default; the same option for every strategy): Splitwise
+streams the KV cache layer by layer while the prompt is still computing. With it on, the decoder
+is chosen (and its memory reserved) when the prompt's prefill starts — E2LLM's late binding gives
+way to early binding for that request — and each layer's KV leaves as soon as its stage has
+computed it (:class:`MoveKV` ``streamed``); if no decoder has room at that moment the request is
+handed off after its prefill as usual.
+
 Thresholds: ``max_batch_tokens`` 2048 and ``prompt_max_pending_tokens`` 8192 are splitwise-sim's
 figures, kept as they are: they count tokens of the very same Azure trace's requests, so relative
 to a request (conv: mean prompt 1155 tokens) they mean what they meant there; only time is scaled.
@@ -189,7 +196,7 @@ class Scheduler:
     plan's strategy); ``max_batch_tokens``: the iteration token budget of every replica."""
 
     def __init__(self, plan, cluster, *, policy: str | None = None,
-                 max_batch_tokens: int = MAX_BATCH_TOKENS,
+                 max_batch_tokens: int = MAX_BATCH_TOKENS, stream_kv: bool = False,
                  prompt_max_pending_tokens: int = PROMPT_MAX_PENDING_TOKENS, anatomy=ANATOMY):
         plan.validate(cluster)
         self.policy = policy or ("splitwise" if plan.strategy == "splitwise" else "e2llm")
@@ -200,6 +207,7 @@ class Scheduler:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{what} must be a whole number >= 1, got {v!r}")
         self.max_batch_tokens = max_batch_tokens
+        self.stream_kv = bool(stream_kv)
         self.prompt_max_pending_tokens = prompt_max_pending_tokens
         self.anatomy = anatomy
         self.context = anatomy.max_positions
@@ -217,6 +225,7 @@ class Scheduler:
         self.decoder_of: dict[int, str] = {}  # splitwise: the token instance chosen at arrival
         self.moving: dict[int, tuple] = {}   # request -> (src, dst) while its KV travels
         self.issued: dict[int, int] = {}     # request -> prompt tokens given to iterations so far
+        self.bound: dict[int, str] = {}      # stream_kv: request -> decoder chosen before prefill
         self._iteration = 0
         self.events = 0
 
@@ -327,6 +336,10 @@ class Scheduler:
             elif self._decodes_here(rep, rid):
                 rec.decode_replica = rep.name
                 rep.decoding.append(rid)
+            elif rid in self.bound:   # its KV has been streaming to this decoder already
+                dst = self.bound.pop(rid)
+                self.moving[rid] = (rep.name, dst)
+                out.append(MoveKV(rid, rep.name, dst, rec.prompt_tokens, streamed=True))
             else:
                 self.handoffs.append((rid, rep.name))
         for rid, _ in it.decode:
@@ -366,6 +379,7 @@ class Scheduler:
             lost |= {r for it in rep.in_flight.values() for r, *_ in it.prefill + it.decode}
             lost |= {r for r, src in self.handoffs if src == rep.name}
             lost |= {r for r, (a, b) in self.moving.items() if rep.name in (a, b)}
+            lost |= {r for r, dst in self.bound.items() if dst == rep.name}
             lost |= set(rep.ledgers[0].kv_tokens)
             for rid in sorted(lost):
                 rec = self.records[rid]
@@ -422,6 +436,18 @@ class Scheduler:
             out.append(MoveKV(rid, src, dst.name, rec.prompt_tokens))
         self.handoffs = waiting
 
+    def _bind_decoder(self, rep: ReplicaState, rid: int) -> None:
+        """``stream_kv``: choose (and reserve) the decoder as the prompt's prefill starts, so its
+        KV can stream there layer by layer; if none has room now, it is handed off afterwards."""
+        rec = self.records[rid]
+        if rec.output_tokens == 1 or self._decodes_here(rep, rid):
+            return
+        need = rec.prompt_tokens + rec.output_tokens
+        dst = self._pick_decoder(rid, need, rep.name)
+        if dst is not None:
+            dst.reserve(rid, need)
+            self.bound[rid] = dst.name
+
     def _pick_decoder(self, rid: int, need: int, src: str) -> ReplicaState | None:
         if self.policy == "splitwise":
             dst = self.replicas[self.decoder_of[rid]]
@@ -437,7 +463,8 @@ class Scheduler:
                                        r.name))
 
     def _incoming(self, rep: ReplicaState) -> int:
-        return sum(1 for _, dst in self.moving.values() if dst == rep.name)
+        return (sum(1 for _, dst in self.moving.values() if dst == rep.name)
+                + sum(1 for dst in self.bound.values() if dst == rep.name))
 
     def _expected_done_s(self, rep: ReplicaState) -> float:
         """When a prompt given to ``rep`` now would be done, from the plan's figures: one prefill
@@ -544,6 +571,8 @@ class Scheduler:
                 0 if prefill else self._chunk(rep, 0, taken + d, rows, left))
             if n < 1:
                 break
+            if done == 0 and self.stream_kv:
+                self._bind_decoder(rep, rid)
             prefill.append((rid, n, done))
             taken += n
             if n < left:   # a chunk: the rest goes in later iterations

@@ -74,6 +74,7 @@ class _Sim:
         self.timeline = record_timeline
         self.result = SimResult(records=scheduler.records, busy_s=self.busy)
         self.ledgers: dict[str, MemoryLedger] = {}
+        self.stage_ends: dict[int, dict] = {}   # request -> device -> end of its last prefill there
         self.stages = {}
         for name, rep in scheduler.replicas.items():
             self.stages[name] = rep.stages
@@ -94,16 +95,22 @@ class _Sim:
             if isinstance(a, RunIteration):
                 self.run_iteration(a)
             elif isinstance(a, MoveKV):
-                ms = self.d.handoff_ms(a.src, a.dst, a.tokens)
+                ends = self.stage_ends.pop(a.request, None)
+                if a.streamed and ends:   # each source sends once its stage finished the prompt
+                    per_source = self.d.handoff_per_source_ms(a.src, a.dst, a.tokens)
+                    end = max([self.now] + [ends[dev] + ms / 1e3 for dev, ms in per_source.items()])
+                else:
+                    end = self.now + self.d.handoff_ms(a.src, a.dst, a.tokens) / 1e3
                 for dev, s, e in self.stages[a.dst]:
                     self.check(self.ledgers[dev], lambda led: led.reserve_import(a.request, e - s, a.tokens))
-                end = self.now + ms / 1e3
                 if self.timeline:
                     self.result.handoffs.append((a.request, a.src, a.dst, self.now, end))
                 self.push(end, HandoffDone(end, a.request, a.src, a.dst, self.now))
             elif isinstance(a, FreeKV):
                 for dev, _, _ in self.stages[a.replica]:
                     self.ledgers[dev].free(a.request)
+                if self.s.records[a.request].done:
+                    self.stage_ends.pop(a.request, None)
             elif not isinstance(a, Reject):
                 raise TypeError(f"unknown action {a!r}")
 
@@ -132,12 +139,16 @@ class _Sim:
                     f"{it.iteration} of {it.replica} but has {led.budget_bytes / MIB:.1f} MiB")
         t = self.now
         started = None
+        ends = {}
         for (dev, _, _), ms in zip(stages, busy):
             start = max(t, self.free_at[dev])
             started = start if started is None else started
             t = start + ms / 1e3
             self.free_at[dev] = t
             self.busy[dev] += ms / 1e3
+            ends[dev] = t
+        for rid, _, _ in it.prefill:   # when each stage finished (the last chunk of) the prompt
+            self.stage_ends[rid] = ends
         end = t + back_ms / 1e3
         if self.timeline:
             self.result.iterations.append((it.replica, started, end, len(it.prefill), len(it.decode)))
@@ -170,14 +181,14 @@ class _Sim:
 
 
 def simulate_requests(plan, cluster, requests, *, costmodel=None, policy: str | None = None,
-                      max_batch_tokens: int | None = None, timeline: bool = False,
-                      progress: bool = False) -> SimResult:
+                      max_batch_tokens: int | None = None, stream_kv: bool = False,
+                      timeline: bool = False, progress: bool = False) -> SimResult:
     """Serve ``requests`` (a list of :class:`~e2llm_lite.traces.Request`) with ``plan`` on
     ``cluster`` in virtual time. Every request ends finished or rejected with a reason; one left
     neither when the events run out is rejected as "unfinished" (a scheduler that stalled)."""
     requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     kw = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
-    sched = Scheduler(plan, cluster, policy=policy, **kw)
+    sched = Scheduler(plan, cluster, policy=policy, stream_kv=stream_kv, **kw)
     durations = Durations(plan, cluster, costmodel)
     sim = _Sim(sched, durations, cluster, timeline)
     result = sim.run(requests, progress)
