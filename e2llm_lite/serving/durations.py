@@ -58,6 +58,7 @@ class Durations:
         self._prefill: dict = {}
         self._decode: dict = {}
         self._handoff: dict = {}
+        self._decode_iteration: dict = {}
 
     def _link_ms(self, a: str, b: str, nbytes: float) -> float:
         return 0.0 if a == b else self.cluster.link(a, b).transfer_ms(nbytes)
@@ -84,6 +85,16 @@ class Durations:
     def iteration_ms(self, it: RunIteration) -> tuple[list[float], float]:
         """``(per-stage busy ms, return ms)``: each stage's compute + its hand-off to the next
         stage, and the new tokens' trip from the last device to the first."""
+        if not it.prefill:   # the common case, cached: a decode step of B sequences at a context
+            b = len(it.decode)
+            ctx = int(round(sum(c for _, c in it.decode) / b / CONTEXT_STEP)) * CONTEXT_STEP
+            key = (it.replica, b, ctx)
+            if key not in self._decode_iteration:
+                self._decode_iteration[key] = self._iteration_ms(it)
+            return self._decode_iteration[key]
+        return self._iteration_ms(it)
+
+    def _iteration_ms(self, it: RunIteration) -> tuple[list[float], float]:
         stages = self.stages[it.replica]
         busy = [0.0] * len(stages)
         for _, tokens, cached in it.prefill:

@@ -548,6 +548,8 @@ class Scheduler:
         Memory is checked for the iteration as composed: the KV reserved, the new prompts' KV and
         the working memory of all its tokens (its decode tokens counted first); a prompt whose
         step does not fit goes in the largest chunk that does (or waits, FIFO)."""
+        if not rep.prompts and not rep.decoding:
+            return None
         busy = {r for it in rep.in_flight.values() for r, _ in it.decode}
         ready = [rid for rid in rep.decoding if rid not in busy][:rep.batch]
         d = len(ready)

@@ -125,14 +125,10 @@ class _Sim:
         busy, back_ms = self.d.iteration_ms(it)
         step_tokens = it.tokens
         rows = len(it.prefill) + len(it.decode)
+        new_kv = [(rid, tokens) for rid, tokens, _ in it.prefill] + [(rid, 1) for rid, _ in it.decode]
         for dev, _, _ in stages:  # memory: the new KV + the step's working memory, every stage
             led = self.ledgers[dev]
-            for rid, tokens, _ in it.prefill:
-                led.add_kv(rid, tokens)
-            for rid, _ in it.decode:
-                led.add_kv(rid, 1)
-            need = led.step_need_bytes(0, step_tokens, rows)
-            led.peak_bytes = max(led.peak_bytes, need)
+            need = led.take_step(new_kv, step_tokens, rows)
             if need > led.budget_bytes:
                 raise MemoryViolation(
                     f"at {self.now:.6f} s: device {dev!r} needs {need / MIB:.1f} MiB for iteration "
