@@ -113,8 +113,14 @@ class MemoryLedger:
         """What this device would need for a batched step: weights + the KV held now +
         ``new_kv_tokens`` more tokens of KV + the working memory of a step of ``step_tokens``
         tokens producing ``logit_rows`` rows of logits (one per sequence, on the last stage)."""
+        return self.need_with(self._kv_total + new_kv_tokens, step_tokens, logit_rows)
+
+    def need_with(self, kv_tokens: float, step_tokens: int, logit_rows: int) -> int:
+        """What this device needs holding ``kv_tokens`` tokens of KV (in all) during a step of
+        ``step_tokens`` tokens producing ``logit_rows`` logits rows — the rule, without the
+        ledger's own count (a simulator that keeps one count per replica)."""
         per_token, per_row = self._working_coef
-        return int(self.weight_bytes + (self._kv_total + new_kv_tokens) * self.kv_per_token
+        return int(self.weight_bytes + kv_tokens * self.kv_per_token
                    + step_tokens * per_token + logit_rows * per_row)
 
     @cached_property
@@ -122,21 +128,6 @@ class MemoryLedger:
         """:func:`working_bytes` here is linear: (bytes per step token, bytes per logits row)."""
         last = self.end == self.anatomy.n_layers
         return (working_bytes(1, 0, last, self.anatomy), working_bytes(0, 1, last, self.anatomy))
-
-    def take_step(self, new_kv, step_tokens: int, logit_rows: int) -> int:
-        """Count a step's new KV (``[(request, tokens), ...]``, unchecked) and return what the
-        device needs during it (:meth:`step_need_bytes` after the KV is added), updating the peak.
-        The caller compares it with the budget (a simulator checking a scheduler)."""
-        kv = self.kv_tokens
-        added = 0
-        for request, tokens in new_kv:
-            kv[request] = kv.get(request, 0) + tokens
-            added += tokens
-        self._kv_total += added
-        need = self.step_need_bytes(0, step_tokens, logit_rows)
-        if need > self.peak_bytes:
-            self.peak_bytes = need
-        return need
 
     def fits_step(self, new_kv_tokens: float, step_tokens: int, logit_rows: int) -> bool:
         """Whether :meth:`step_need_bytes` is within the budget."""

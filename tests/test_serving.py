@@ -285,3 +285,33 @@ def test_streaming_the_kv_shortens_hand_offs(plans, key):
     h_off = [r.handoff_s for r in off.records.values() if r.handoff_s]
     h_on = [r.handoff_s for r in on.records.values() if r.handoff_s or r.prefill_replica != r.decode_replica]
     assert h_off and np.mean(h_on) < np.mean(h_off)
+
+
+@pytest.mark.parametrize("key", [("edge16", "e2llm"), ("mixed8", "roles"), ("mixed8", "splitwise")],
+                         ids=lambda k: "-".join(k))
+def test_only_changed_replicas_need_a_look(plans, key, monkeypatch):
+    """The scheduler starts iterations only on replicas an event changed (a speed-up); offering
+    every replica a start after every event gives the very same run."""
+    cluster, plan = plans[key]
+    reqs = overload_requests(plan, 1.1, 300, seed=2)
+    fast = simulate_requests(plan, cluster, reqs).metrics()
+    original = Scheduler._dispatch
+
+    def every_replica(self, out):
+        self._touched = set(self.replicas)
+        original(self, out)
+
+    monkeypatch.setattr(Scheduler, "_dispatch", every_replica)
+    assert simulate_requests(plan, cluster, reqs).metrics() == fast
+
+
+def test_the_memory_check_catches_a_scheduler_that_overcommits(plans, monkeypatch):
+    """The simulator's own memory check is live: a scheduler that admits without looking at
+    memory is caught at the step that overflows a device."""
+    from e2llm_lite.serving.scheduler import ReplicaState
+    from e2llm_lite.serving.simulator import MemoryViolation
+
+    cluster, plan = plans["mixed8", "roles"]
+    monkeypatch.setattr(ReplicaState, "room", lambda self, *a: True)
+    with pytest.raises(MemoryViolation, match="needs"):
+        simulate_requests(plan, cluster, overload_requests(plan, 3.0, 400))

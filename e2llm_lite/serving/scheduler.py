@@ -233,6 +233,7 @@ class Scheduler:
     def on(self, event) -> list:
         """Take one event; return the actions it leads to (module docstring)."""
         self.events += 1
+        self._touched: set = set()     # replicas whose state this event changed
         out: list = []
         if isinstance(event, Arrival):
             self._arrival(event, out)
@@ -313,9 +314,11 @@ class Scheduler:
             home = min(live, key=lambda r: (r.held() / r.batch, -r.free_bytes(), r.name))
             self.decoder_of[req.id] = home.name
             home.prompts.append(req.id)
+            self._touched.add(home.name)
 
     def _iteration_done(self, ev: IterationDone, out: list) -> None:
         rep = self.replicas[ev.replica]
+        self._touched.add(rep.name)
         it = rep.in_flight.pop(ev.iteration)
         for rid, tokens, cached in it.prefill:
             rec = self.records[rid]
@@ -356,6 +359,7 @@ class Scheduler:
 
     def _handoff_done(self, ev: HandoffDone, out: list) -> None:
         src, dst = self.moving.pop(ev.request)
+        self._touched |= {src, dst}
         rec = self.records[ev.request]
         rec.handoff_s = ev.time_s - ev.started_s
         s, d = self.replicas[src], self.replicas[dst]
@@ -386,6 +390,18 @@ class Scheduler:
                 if not rec.done and not rec.rejected:
                     rec.rejected = why
                     out.append(Reject(rid, why))
+                for other in self.replicas.values():   # its KV and places elsewhere are freed
+                    if other.reserved(rid):
+                        other.free(rid)
+                        out.append(FreeKV(rid, other.name))
+                    if rid in other.decoding:
+                        other.decoding.remove(rid)
+                    if rid in other.prompts:
+                        other.prompts.remove(rid)
+                    other.promised.pop(rid, None)
+                    self._touched.add(other.name)
+                self.moving.pop(rid, None)
+                self.bound.pop(rid, None)
             rep.prompts.clear()
             rep.decoding.clear()
             rep.in_flight.clear()
@@ -413,7 +429,8 @@ class Scheduler:
         self._start_handoffs(out)
         if self.policy == "e2llm":
             self._feed_from_queue(out)
-        for rep in self.replicas.values():
+        for name in sorted(self._touched):   # only a replica whose state changed can start more
+            rep = self.replicas[name]
             if not rep.failed:
                 self._start_iterations(rep, out)
 
@@ -425,10 +442,11 @@ class Scheduler:
             need = rec.prompt_tokens + rec.output_tokens
             dst = self._pick_decoder(rid, need, src)
             if dst is None:
-                waiting.append((rid, src))
                 if self.policy == "e2llm":   # FIFO: later ones wait behind the head
-                    waiting.extend(self.handoffs)
-                    self.handoffs.clear()
+                    self.handoffs.appendleft((rid, src))
+                    self.handoffs.extendleft(reversed(waiting))
+                    return
+                waiting.append((rid, src))
                 continue
             dst.reserve(rid, need)
             self.moving[rid] = (src, dst.name)
@@ -659,6 +677,7 @@ class Scheduler:
         if prompt is not token:
             prompt.promised[rec.id] = rec.prompt_tokens
         prompt.prompts.append(rec.id)
+        self._touched.add(prompt.name)
 
     def _maybe_return_to_pool(self, rep: ReplicaState) -> None:
         """splitwise-sim's ``notify_free_instance``: a mixed instance with no work left goes back

@@ -12,10 +12,12 @@ The simulator holds no scheduling logic: it hands each event to the
   hand-offs: contention on a link is not modelled).
 * :class:`FreeKV`, :class:`Reject`: bookkeeping.
 
-Memory is checked at every step: the simulator keeps its own ledger per device (the rule the
-workers enforce: :class:`~e2llm_lite.memory.MemoryLedger`), adds each step's new KV and working
-memory, each imported KV piece, and raises :class:`MemoryViolation` if a device would go over its
-budget (the scheduler's admission should make that impossible; the tests hold it to that).
+Memory is checked at every step: the simulator counts the KV each replica holds (every stage of a
+replica holds the same requests' tokens: one count per replica), adds each step's new KV, each
+imported KV cache, and checks every device's need during the step — weights + KV + the step's
+working memory, the rule the workers enforce (:meth:`~e2llm_lite.memory.MemoryLedger.need_with`) —
+raising :class:`MemoryViolation` if one would go over its budget (the scheduler's admission should
+make that impossible; the tests hold it to that).
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class _Sim:
         self.result = SimResult(records=scheduler.records, busy_s=self.busy)
         self.ledgers: dict[str, MemoryLedger] = {}
         self.stage_ends: dict[int, dict] = {}   # request -> device -> end of its last prefill there
+        # KV tokens held, per replica: every stage of a replica holds the same requests' tokens
+        self.kv: dict[str, dict] = {name: {} for name in scheduler.replicas}
+        self.kv_total: dict[str, float] = {name: 0.0 for name in scheduler.replicas}
+        self.peak: dict[str, int] = {}
         self.stages = {}
         for name, rep in scheduler.replicas.items():
             self.stages[name] = rep.stages
@@ -101,24 +107,34 @@ class _Sim:
                     end = max([self.now] + [ends[dev] + ms / 1e3 for dev, ms in per_source.items()])
                 else:
                     end = self.now + self.d.handoff_ms(a.src, a.dst, a.tokens) / 1e3
-                for dev, s, e in self.stages[a.dst]:
-                    self.check(self.ledgers[dev], lambda led: led.reserve_import(a.request, e - s, a.tokens))
+                self.add_kv(a.dst, [(a.request, a.tokens)], 0, 0, f"the KV of request {a.request}")
                 if self.timeline:
                     self.result.handoffs.append((a.request, a.src, a.dst, self.now, end))
                 self.push(end, HandoffDone(end, a.request, a.src, a.dst, self.now))
             elif isinstance(a, FreeKV):
-                for dev, _, _ in self.stages[a.replica]:
-                    self.ledgers[dev].free(a.request)
+                self.kv_total[a.replica] -= self.kv[a.replica].pop(a.request, 0)
                 if self.s.records[a.request].done:
                     self.stage_ends.pop(a.request, None)
             elif not isinstance(a, Reject):
                 raise TypeError(f"unknown action {a!r}")
 
-    def check(self, led: MemoryLedger, do) -> None:
-        try:
-            do(led)
-        except E2LLMError as e:  # DeviceOOM from the ledger
-            raise MemoryViolation(f"at {self.now:.6f} s: {e}") from None
+    def add_kv(self, replica: str, new_kv, step_tokens: int, rows: int, what: str) -> None:
+        """Count new KV on every stage of ``replica`` and check each device's need during a step
+        of ``step_tokens`` tokens (the workers' rule: :meth:`MemoryLedger.need_with`)."""
+        book = self.kv[replica]
+        for rid, tokens in new_kv:
+            book[rid] = book.get(rid, 0) + tokens
+        self.kv_total[replica] += sum(t for _, t in new_kv)
+        total = self.kv_total[replica]
+        for dev, _, _ in self.stages[replica]:
+            led = self.ledgers[dev]
+            need = led.need_with(total, step_tokens, rows)
+            if need > self.peak.get(dev, 0):
+                self.peak[dev] = need
+            if need > led.budget_bytes:
+                raise MemoryViolation(f"at {self.now:.6f} s: device {dev!r} needs {need / MIB:.1f} MiB "
+                                      f"for {what} on {replica} but has "
+                                      f"{led.budget_bytes / MIB:.1f} MiB")
 
     def run_iteration(self, it: RunIteration) -> None:
         stages = self.stages[it.replica]
@@ -126,13 +142,7 @@ class _Sim:
         step_tokens = it.tokens
         rows = len(it.prefill) + len(it.decode)
         new_kv = [(rid, tokens) for rid, tokens, _ in it.prefill] + [(rid, 1) for rid, _ in it.decode]
-        for dev, _, _ in stages:  # memory: the new KV + the step's working memory, every stage
-            led = self.ledgers[dev]
-            need = led.take_step(new_kv, step_tokens, rows)
-            if need > led.budget_bytes:
-                raise MemoryViolation(
-                    f"at {self.now:.6f} s: device {dev!r} needs {need / MIB:.1f} MiB for iteration "
-                    f"{it.iteration} of {it.replica} but has {led.budget_bytes / MIB:.1f} MiB")
+        self.add_kv(it.replica, new_kv, step_tokens, rows, f"iteration {it.iteration}")
         t = self.now
         started = None
         ends = {}
@@ -172,7 +182,7 @@ class _Sim:
             bar.close()
         self.result.events = self.s.events
         self.result.end_s = self.now
-        self.result.peak_bytes = {d: led.peak_bytes for d, led in self.ledgers.items()}
+        self.result.peak_bytes = {d: self.peak.get(d, led.weight_bytes) for d, led in self.ledgers.items()}
         return self.result
 
 
