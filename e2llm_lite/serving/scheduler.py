@@ -568,8 +568,11 @@ class Scheduler:
         step does not fit goes in the largest chunk that does (or waits, FIFO)."""
         if not rep.prompts and not rep.decoding:
             return None
-        busy = {r for it in rep.in_flight.values() for r, _ in it.decode}
-        ready = [rid for rid in rep.decoding if rid not in busy][:rep.batch]
+        if rep.in_flight:
+            busy = {r for it in rep.in_flight.values() for r, _ in it.decode}
+            ready = [rid for rid in rep.decoding if rid not in busy][:rep.batch]
+        else:
+            ready = rep.decoding[:rep.batch]
         d = len(ready)
         budget = self.max_batch_tokens
         taken = 0

@@ -146,12 +146,14 @@ class _Sim:
         t = self.now
         started = None
         ends = {}
+        free_at, busy_s = self.free_at, self.busy
         for (dev, _, _), ms in zip(stages, busy):
-            start = max(t, self.free_at[dev])
-            started = start if started is None else started
+            start = free_at[dev] if free_at[dev] > t else t
+            if started is None:
+                started = start
             t = start + ms / 1e3
-            self.free_at[dev] = t
-            self.busy[dev] += ms / 1e3
+            free_at[dev] = t
+            busy_s[dev] += ms / 1e3
             ends[dev] = t
         for rid, _, _ in it.prefill:   # when each stage finished (the last chunk of) the prompt
             self.stage_ends[rid] = ends
