@@ -441,12 +441,12 @@ def cmd_simulate(args) -> dict:
     show = not args.json and sys.stderr.isatty()
     result = simulate_requests(plan, cluster, requests, costmodel=cm,
                                max_batch_tokens=args.max_batch_tokens, stream_kv=args.stream_kv,
-                               progress=show)
+                               decode_microbatches=args.decode_microbatches, progress=show)
     out = result.metrics()
     out.update({"plan": str(args.plan), "strategy": plan.strategy, "cluster": cluster.name,
                 "workload": wl.name if hasattr(wl, "name") else str(args.workload),
                 "rate": wl.rate, "max_batch_tokens": args.max_batch_tokens,
-                "stream_kv": args.stream_kv,
+                "stream_kv": args.stream_kv, "decode_microbatches": args.decode_microbatches,
                 "events": result.events, "wall_s": round(time.perf_counter() - t0, 3)})
     if args.requests_out:
         write_csv(result.records.values(), args.requests_out)
@@ -592,6 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--stream-kv", action="store_true", help="stream each layer's KV to the "
                     "decoder while the prompt computes (Splitwise's option, for every strategy; "
                     "default off)")
+    sm.add_argument("--decode-microbatches", type=_whole(1), default=1, metavar="K",
+                    help="decode micro-batches in flight on a multi-stage replica (default 1, as "
+                    "the planner assumes)")
     sm.add_argument("--requests-out", metavar="CSV", help="write one row per request")
     sm.add_argument("--profile", help="cost-model profile (default: the shipped reference)")
     sm.set_defaults(func=cmd_simulate)

@@ -315,3 +315,22 @@ def test_the_memory_check_catches_a_scheduler_that_overcommits(plans, monkeypatc
     monkeypatch.setattr(ReplicaState, "room", lambda self, *a: True)
     with pytest.raises(MemoryViolation, match="needs"):
         simulate_requests(plan, cluster, overload_requests(plan, 3.0, 400))
+
+
+def test_decode_microbatches_overlap_on_a_multi_stage_decoder(plans):
+    """k micro-batches: up to min(k, stages) decode iterations of one replica overlap in time;
+    everything still finishes and memory holds."""
+    cluster, plan = plans["edge16", "e2llm"]
+    deep = [r for r in plan.replicas if r.role in ("decoder", "both") and len(r.stages) >= 2]
+    assert deep
+    reqs = overload_requests(plan, 0.8, 300, seed=4)
+    res = simulate_requests(plan, cluster, reqs, decode_microbatches=3, timeline=True)
+    assert all(r.done for r in res.records.values())
+    for rep in deep:
+        its = sorted((s, e) for name, s, e, _, d in res.iterations if name == rep.name and d)
+        overlap = max(sum(1 for s2, e2 in its if s2 <= s < e2) for s, _ in its)
+        assert 2 <= overlap <= min(3, len(rep.stages))
+    one = simulate_requests(plan, cluster, reqs, timeline=True)
+    for rep in deep:
+        its = sorted((s, e) for name, s, e, _, d in one.iterations if name == rep.name and d)
+        assert all(e1 <= s2 + 1e-9 for (_, e1), (s2, _) in zip(its, its[1:]))

@@ -75,6 +75,11 @@ way to early binding for that request — and each layer's KV leaves as soon as 
 computed it (:class:`MoveKV` ``streamed``); if no decoder has room at that moment the request is
 handed off after its prefill as usual.
 
+Decode micro-batches (``decode_microbatches`` k, default 1 as the planner assumes): a replica with
+sequences to decode keeps up to ``min(k, stages)`` iterations in flight, each with its share
+(``ceil(held / k)``) of the sequences, so the stages of a multi-stage decoder work on different
+micro-batches at once instead of waiting for one batch's round trip.
+
 Thresholds: ``max_batch_tokens`` 2048 and ``prompt_max_pending_tokens`` 8192 are splitwise-sim's
 figures, kept as they are: they count tokens of the very same Azure trace's requests, so relative
 to a request (conv: mean prompt 1155 tokens) they mean what they meant there; only time is scaled.
@@ -197,6 +202,7 @@ class Scheduler:
 
     def __init__(self, plan, cluster, *, policy: str | None = None,
                  max_batch_tokens: int = MAX_BATCH_TOKENS, stream_kv: bool = False,
+                 decode_microbatches: int = 1,
                  prompt_max_pending_tokens: int = PROMPT_MAX_PENDING_TOKENS, anatomy=ANATOMY):
         plan.validate(cluster)
         self.policy = policy or ("splitwise" if plan.strategy == "splitwise" else "e2llm")
@@ -208,6 +214,10 @@ class Scheduler:
                 raise ConfigError(f"{what} must be a whole number >= 1, got {v!r}")
         self.max_batch_tokens = max_batch_tokens
         self.stream_kv = bool(stream_kv)
+        if isinstance(decode_microbatches, bool) or not isinstance(decode_microbatches, int) \
+                or decode_microbatches < 1:
+            raise ConfigError(f"decode_microbatches must be a whole number >= 1, got {decode_microbatches!r}")
+        self.microbatches = decode_microbatches
         self.prompt_max_pending_tokens = prompt_max_pending_tokens
         self.anatomy = anatomy
         self.context = anatomy.max_positions
@@ -548,9 +558,12 @@ class Scheduler:
         return lo
 
     def _slots(self, rep: ReplicaState) -> int:
-        """Iterations that may be in flight: one per stage for prompt-only work, else one."""
+        """Iterations that may be in flight: one per stage for prompt-only work; with sequences
+        to decode, ``decode_microbatches`` (at most one per stage), else one."""
         prompt_only = rep.role == "prefill" and (self.policy == "e2llm" or rep.pool == "prompt")
-        return rep.depth if prompt_only and not rep.decoding else 1
+        if prompt_only and not rep.decoding:
+            return rep.depth
+        return min(self.microbatches, rep.depth) if rep.decoding else 1
 
     def _start_iterations(self, rep: ReplicaState, out: list) -> None:
         while len(rep.in_flight) < self._slots(rep):
@@ -573,6 +586,8 @@ class Scheduler:
             ready = [rid for rid in rep.decoding if rid not in busy][:rep.batch]
         else:
             ready = rep.decoding[:rep.batch]
+        if self.microbatches > 1:   # a share of the sequences, so the next micro-batch has some
+            ready = ready[:-(-min(len(rep.decoding), rep.batch) // min(self.microbatches, rep.depth))]
         d = len(ready)
         budget = self.max_batch_tokens
         taken = 0

@@ -190,13 +190,15 @@ class _Sim:
 
 def simulate_requests(plan, cluster, requests, *, costmodel=None, policy: str | None = None,
                       max_batch_tokens: int | None = None, stream_kv: bool = False,
-                      timeline: bool = False, progress: bool = False) -> SimResult:
+                      decode_microbatches: int = 1, timeline: bool = False,
+                      progress: bool = False) -> SimResult:
     """Serve ``requests`` (a list of :class:`~e2llm_lite.traces.Request`) with ``plan`` on
     ``cluster`` in virtual time. Every request ends finished or rejected with a reason; one left
     neither when the events run out is rejected as "unfinished" (a scheduler that stalled)."""
     requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     kw = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
-    sched = Scheduler(plan, cluster, policy=policy, stream_kv=stream_kv, **kw)
+    sched = Scheduler(plan, cluster, policy=policy, stream_kv=stream_kv,
+                      decode_microbatches=decode_microbatches, **kw)
     durations = Durations(plan, cluster, costmodel)
     sim = _Sim(sched, durations, cluster, timeline)
     result = sim.run(requests, progress)
