@@ -6,7 +6,8 @@ Per request:
 * **waiting** = prefill start − arrival (E2LLM's headline metric: the time before any device
   works on the prompt);
 * **TTFT** = first token − arrival (the first token comes out of the prefill);
-* **TBT** = the mean (and the max) gap between its consecutive tokens (requests of >= 2 tokens);
+* **TBT** = the mean (and the max) gap between its consecutive tokens (requests of >= 2 tokens;
+  the gap between the first token, out of the prefill, and the second includes the KV hand-off);
 * **E2E** = last token − arrival; **hand-off** = the KV move's duration (0 if none).
 
 Per run: throughput (finished requests / the span from the first arrival to the last token),
