@@ -209,6 +209,69 @@ class Stage(nn.Module):
             return self.lm_head(self.norm(h if all_logits else h[:, -1:]))
         return h
 
+    @torch.inference_mode()
+    def forward_batch(self, x: torch.Tensor, request_ids) -> torch.Tensor:
+        """One **decode step** for ``B`` requests at once, each with its own KV cache and length
+        (ragged contexts): x is token ids ``[B, 1]`` (first stage) or hidden states ``[B, 1, 576]``.
+        Norms, projections and the MLP run batched (one pass over the weights for all B — what
+        makes decode batching pay); attention runs per sequence against its own cache, with the
+        same attention function as :meth:`forward`. Returns hidden states ``[B, 1, 576]``, or on
+        the last stage logits ``[B, 1, vocab]``. Every request must already have a cache here."""
+        from transformers.models.llama.modeling_llama import (ALL_ATTENTION_FUNCTIONS,
+                                                              apply_rotary_pos_emb,
+                                                              eager_attention_forward)
+
+        ids = [int(r) for r in request_ids]
+        B = len(ids)
+        if B == 0 or len(set(ids)) != B:
+            raise ValueError(f"forward_batch needs distinct request ids, got {ids}")
+        if self.first:
+            if x.dim() != 2 or tuple(x.shape) != (B, 1):
+                raise ValueError(f"the first stage takes token ids [{B}, 1], got {tuple(x.shape)}")
+            h = self.embed_tokens(x)
+        else:
+            if x.dim() != 3 or tuple(x.shape) != (B, 1, self.anatomy.hidden):
+                raise ValueError(f"stage [{self.start},{self.end}) takes hidden states "
+                                 f"[{B}, 1, {self.anatomy.hidden}], got {tuple(x.shape)}")
+            h = x
+        reqs = []
+        for rid in ids:
+            r = self._kv.get(rid)
+            if r is None or not r.pos or not all(l.is_initialized
+                                                 for l in r.cache.layers[self.start:self.end]):
+                raise ValueError(f"request {rid} has no KV cache on stage [{self.start},{self.end}) "
+                                 "to decode from")
+            if r.pos + 1 > self.anatomy.max_positions:
+                raise ValueError(f"request {rid} would pass the model's context of "
+                                 f"{self.anatomy.max_positions}")
+            reqs.append(r)
+        pid = torch.tensor([[r.pos] for r in reqs])
+        cos, sin = self.rotary_emb(h, position_ids=pid)
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                       eager_attention_forward)
+        for layer in self.layers:
+            attn = layer.self_attn
+            residual = h
+            z = layer.input_layernorm(h)
+            shape = (B, 1, -1, attn.head_dim)
+            q = attn.q_proj(z).view(shape).transpose(1, 2)
+            k = attn.k_proj(z).view(shape).transpose(1, 2)
+            v = attn.v_proj(z).view(shape).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            out = []
+            for i, r in enumerate(reqs):
+                keys, values = r.cache.update(k[i:i + 1], v[i:i + 1], attn.layer_idx)
+                o, _ = attend(attn, q[i:i + 1], keys, values, None, dropout=0.0,
+                              scaling=attn.scaling)
+                out.append(o.reshape(1, 1, -1))
+            h = residual + attn.o_proj(torch.cat(out))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        for r in reqs:
+            r.pos += 1
+        if self.last:
+            return self.lm_head(self.norm(h))
+        return h
+
     def extra_repr(self) -> str:
         return f"layers=[{self.start}, {self.end}), first={self.first}, last={self.last}"
 
