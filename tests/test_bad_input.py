@@ -210,7 +210,7 @@ def test_a_worker_refuses_a_malformed_message_and_stops(h, words):
 
     with EmulatedCluster(default_cluster(1)) as rt:
         rt.pg.send([torch.tensor(h, dtype=torch.int64)], 1, TAG).wait()
-        msg = rt.receiver.get(timeout=20)
+        msg = rt.dispatch.unrouted.get(timeout=20)
         assert msg.op == Op.ERROR and words in msg.text, msg.text
         rt.procs[0].wait(timeout=10)
         assert rt.procs[0].returncode == 0

@@ -279,3 +279,55 @@ def test_cli_calibrate_without_emulated_devices_is_one_line(capsys):
     assert cli.main(["generate", "--prompt", "hi", "--calibrate"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--calibrate applies to emulated devices" in err[0]
+
+
+def test_two_threads_share_a_pipeline_and_each_gets_its_own_tokens(mixed, haiku_ids, reference_tokens,
+                                                                    tokenizer):
+    """Issue 13's trap: two callers at once must neither interleave a header with another's
+    payload on the wire nor take each other's results (one send lock, replies routed by request)."""
+    import threading
+
+    names = mixed.cluster.names[:3]
+    pipe = mixed.pipeline([(d, a, b) for d, (a, b) in zip(names, SPLITS[2])])
+    other = tokenizer.encode("Write one sentence about the sea.")
+    out, errors = {}, []
+
+    def run(rid, ids):
+        try:
+            out[rid] = pipe.generate(ids, 20, [tokenizer.eos_token_id], request=rid).tokens
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        alone = pipe.generate(other, 20, [tokenizer.eos_token_id], request=40).tokens
+        threads = [threading.Thread(target=run, args=(41, haiku_ids)),
+                   threading.Thread(target=run, args=(42, other))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        pipe.release()
+    assert not errors, errors
+    assert out[41] == reference_tokens and out[42] == alone
+
+
+def test_stats_while_a_step_is_in_flight(mixed, haiku_ids, reference_tokens, tokenizer):
+    """A STATS reply and a RESULT arriving together go to their own waiters."""
+    import threading
+
+    names = mixed.cluster.names[3:5]
+    pipe = mixed.pipeline([(d, a, b) for d, (a, b) in zip(names, SPLITS[1])])
+    box = {}
+    t = threading.Thread(target=lambda: box.update(
+        gen=pipe.generate(haiku_ids, 20, [tokenizer.eos_token_id], request=43)))
+    try:
+        t.start()
+        polls = 0
+        while t.is_alive() and polls < 200:
+            assert set(mixed.stats()) == set(mixed.cluster.names)
+            polls += 1
+        t.join(120)
+    finally:
+        pipe.release()
+    assert polls >= 2 and box["gen"].tokens == reference_tokens

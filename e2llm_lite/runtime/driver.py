@@ -41,6 +41,7 @@ from ..generation import Generation, greedy_decode
 from ..memory import MIB
 from ..model import ANATOMY
 from ..split import kv_pieces
+from .dispatch import Dispatcher
 from .limits import CONNECT_TIMEOUT_S, MAX_DILATION
 from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Op, Receiver, make_group,
                        send, text_payload)
@@ -106,6 +107,8 @@ class EmulatedCluster:
         self.world = len(cluster) + 1
         self.procs: list = []
         self.pg = self.store = self.receiver = None
+        self.dispatch = Dispatcher()
+        self._send_lock = threading.Lock()   # a header and its payload go out together
         self.placements: dict[str, StagePlacement] = {}
         self.bytes_sent = 0
         self._stopped = False
@@ -132,7 +135,8 @@ class EmulatedCluster:
                 group = dict(addr=self.addr, port=self.port, bind=os.environ.get("E2LLM_BIND_ADDR") or None)
             self.store, self.pg = self._join(group)
             self.store.set("e2llm/driver", "1")
-            self.receiver = Receiver(self.pg)
+            self.dispatch = Dispatcher()
+            self.receiver = Receiver(self.pg, self.dispatch.route)
             for dev in self.cluster.devices:
                 r = self.rank(dev.name)
                 self._send(r, Op.SETUP, a=int(round(self.dilation * 1e6)), payload=text_payload(dev.name))
@@ -142,7 +146,8 @@ class EmulatedCluster:
                     bw = link.bandwidth_mbps if np.isfinite(link.bandwidth_mbps) else 0.0
                     links[self.rank(other.name)] = (bw, link.latency_ms)
                 self._send(r, Op.LINKS, payload=torch.from_numpy(links))
-            self._acks(Op.SETUP, len(self.cluster) * 2)
+            self._acks(Op.SETUP, len(self.cluster))
+            self._acks(Op.LINKS, len(self.cluster))
         except BaseException:
             self.stop()
             raise
@@ -223,7 +228,8 @@ class EmulatedCluster:
         if self.pg is None:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
         try:
-            self.bytes_sent += send(self.pg, rank, op, 0, **kw)
+            with self._send_lock:
+                self.bytes_sent += send(self.pg, rank, op, 0, **kw)
         except RuntimeError as e:  # gloo: connection closed by peer
             self._check_alive()
             name = self.cluster.devices[rank - 1].name
@@ -237,25 +243,25 @@ class EmulatedCluster:
                 raise WorkerDied(f"the worker of device {name!r} (rank {r}) died "
                                  f"(exit code {p.returncode})")
 
-    def _next(self, timeout_s: float | None = None, raise_errors: bool = True):
-        """The next message from any worker; raises on worker errors, deaths and timeouts."""
+    def _take(self, q: queue.Queue, timeout_s: float | None = None):
+        """The next message of ``q`` (a :class:`Dispatcher` queue); a worker that died, a broken
+        connection or ``timeout_s`` (default: the cluster's) raises WorkerDied instead."""
         if self._stopped or self.receiver is None:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         while True:
             try:
-                msg = self.receiver.get(timeout=0.25)
-                break
+                msg = q.get(timeout=0.25)
             except queue.Empty:
                 self._check_alive()
                 if time.monotonic() > deadline:
                     raise WorkerDied(f"no reply from the workers within {timeout_s or self.timeout_s:.0f} s")
-            except ConnectionError as e:
+                continue
+            if msg is None:
+                q.put(None)   # every later reader hears it too
                 self._check_alive()
-                raise WorkerDied(f"lost the connection to a worker: {e}") from None
-        if msg.op == Op.ERROR and raise_errors:
-            self._raise(msg)
-        return msg
+                raise WorkerDied(f"lost the connection to a worker: {self.receiver.error}")
+            return msg
 
     def _raise(self, msg) -> None:
         time.sleep(0.05)
@@ -270,7 +276,8 @@ class EmulatedCluster:
     def _acks(self, op: Op, n: int) -> list:
         """Collect ``n`` replies (all of them, so none is left queued), then raise the first
         error in rank order, if any."""
-        got = [self._next(raise_errors=False) for _ in range(n)]
+        q = self.dispatch.acks(op)
+        got = [self._take(q) for _ in range(n)]
         errors = sorted((m for m in got if m.op == Op.ERROR), key=lambda m: m.src)
         if errors:
             self._raise(errors[0])
@@ -456,11 +463,15 @@ class Pipeline:
         if phase not in ("prefill", "decode"):
             raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
         rt = self.runtime
-        rt._send(self.ranks[0], Op.FWD, request=request, a=len(ids), b=int(logits),
-                 d=int(phase == "decode"), payload=torch.tensor([ids], dtype=torch.int64))
-        msg = rt._next()
-        if msg.op != Op.RESULT or msg.request != request:
-            raise E2LLMError(f"unexpected {msg.op.name} for request {msg.request} from rank {msg.src}")
+        q = rt.dispatch.expect(request)
+        try:
+            rt._send(self.ranks[0], Op.FWD, request=request, a=len(ids), b=int(logits),
+                     d=int(phase == "decode"), payload=torch.tensor([ids], dtype=torch.int64))
+            msg = rt._take(q)
+        finally:
+            rt.dispatch.done(request)
+        if msg.op == Op.ERROR:
+            rt._raise(msg)
         return msg.payload.reshape(1, 1, -1) if logits else msg.a
 
     def generate(self, prompt_ids, max_new_tokens: int, stop_ids=(), request: int = 0,

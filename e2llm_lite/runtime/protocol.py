@@ -56,7 +56,7 @@ class Op(enum.IntEnum):
     TRACE = 9      # driver->worker; the reply carries float64 [steps, TRACE_COLS]
     STOP = 10      # driver->worker: exit; worker->driver: the echo that ends the driver's receiver
     ACK = 11       # worker->driver  a=op acknowledged; payload per op (may be empty)
-    ERROR = 12     # worker->driver  a=error kind (ErrorKind); payload uint8 utf-8 message
+    ERROR = 12     # worker->driver  a=error kind (ErrorKind) b=the op that failed (0: none); payload uint8 utf-8 message
     LINKS = 13     # driver->worker  payload float64 [world, 2]: (Mbit/s, ms) from this worker to each rank
     CALIBRATE = 14  # driver->worker a=probe tokens b=repeats c=idle gap ms; payload float64
                     # [predicted prefill ms, predicted decode ms]; the ACK carries float64
@@ -205,15 +205,17 @@ def recv(pg, world: int | None = None) -> Message:
 
 
 class Receiver:
-    """Receives messages from any rank on a daemon thread and queues them.
+    """Receives messages from any rank on a daemon thread and hands each to ``deliver`` (the
+    driver's :class:`~e2llm_lite.runtime.dispatch.Dispatcher`), or queues it for :meth:`get`.
 
-    ``get(timeout)`` returns the next ``Message`` or raises ``queue.Empty``. If the connection
-    breaks (a peer died), the thread stores the exception and ``get`` re-raises it.
+    If the connection breaks (a peer died), the thread stores the exception and delivers None
+    (``get`` re-raises it as ConnectionError).
     """
 
-    def __init__(self, pg):
+    def __init__(self, pg, deliver=None):
         self.pg = pg
         self.queue: queue.Queue = queue.Queue()
+        self.deliver = deliver or self.queue.put
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="e2llm-receiver", daemon=True)
         self.thread.start()
@@ -222,12 +224,12 @@ class Receiver:
         try:
             while True:
                 msg = recv(self.pg)
-                self.queue.put(msg)
+                self.deliver(msg)
                 if msg.op == Op.STOP:
                     return
         except BaseException as e:  # connection closed, process group shut down
             self.error = e
-            self.queue.put(None)
+            self.deliver(None)
 
     def get(self, timeout: float) -> Message:
         msg = self.queue.get(timeout=timeout)

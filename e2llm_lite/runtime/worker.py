@@ -84,11 +84,12 @@ class Worker:
     def send(self, dst: int, op: Op, **kw) -> None:
         self.bytes_sent += send(self.pg, dst, op, self.rank, **kw)
 
-    def reply_error(self, request: int, exc: BaseException) -> None:
+    def reply_error(self, request: int, exc: BaseException, op: int = 0) -> None:
+        """Report a failed ``op`` (0: none) for ``request`` to the driver."""
         kind = (ErrorKind.DEVICE_OOM if isinstance(exc, DeviceOOM)
                 else ErrorKind.VALUE if isinstance(exc, (ValueError, KeyError)) else ErrorKind.OTHER)
         text = str(exc) if isinstance(exc, (DeviceOOM, ValueError)) else f"{type(exc).__name__}: {exc}"
-        self.send(0, Op.ERROR, request=request, a=int(kind), payload=text_payload(text))
+        self.send(0, Op.ERROR, request=request, a=int(kind), b=int(op), payload=text_payload(text))
 
     def link_delay(self, dst: int, nbytes: int) -> float:
         """Sleep the emulated link's delay to ``dst`` for ``nbytes``; returns device seconds."""
@@ -138,7 +139,7 @@ class Worker:
                     raise ValueError(f"device {self.name!r} does not take {msg.op.name} messages")
                 handler(msg)
             except Exception as e:  # report, keep serving
-                self.reply_error(msg.request, e)
+                self.reply_error(msg.request, e, msg.op)
 
     # ---- handlers ------------------------------------------------------------------------------
     def on_setup(self, m: Message) -> None:

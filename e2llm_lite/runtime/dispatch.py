@@ -1,0 +1,95 @@
+"""One place that routes every reply from the workers to whoever waits for it.
+
+The driver's receiver thread hands each message to :meth:`Dispatcher.route`, which files it by
+what it answers, so that any number of operations can be outstanding at once without one caller
+taking another's reply:
+
+* ``RESULT`` of request ``r`` -> the queue of request ``r`` (registered by :meth:`expect` before
+  its ``FWD`` was sent);
+* ``ACK`` of op ``o`` -> the queue of op ``o`` (a ``STATS`` reply never meets a ``RESULT``);
+* ``ERROR`` -> where its success would have gone: the worker names the op that failed (header
+  ``b``); a failed ``FWD`` goes to its request, a failed ``KV_SEND`` to the ``KV_PUT`` acks the
+  hand-off waits for, anything else to that op's acks; an error tied to no op (a malformed message)
+  goes to :attr:`unrouted` and to every waiter;
+* the connection breaking (``None``) -> every queue, so nobody waits for a dead worker.
+
+Waiting itself (with timeouts and the check that every worker is alive) is the driver's.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import defaultdict
+
+from .protocol import Message, Op
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher:
+    """Routes messages (module docstring). Thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._results: dict[int, queue.Queue] = {}
+        self._acks: dict[int, queue.Queue] = defaultdict(queue.Queue)
+        self.unrouted: queue.Queue = queue.Queue()
+        self.broken = False
+
+    def expect(self, request: int) -> queue.Queue:
+        """Register a waiter for request ``request``'s RESULT; ValueError if one is in flight."""
+        with self._lock:
+            if request in self._results:
+                raise ValueError(f"request {request} already has an operation in flight")
+            q = self._results[request] = queue.Queue()
+            if self.broken:
+                q.put(None)
+            return q
+
+    def done(self, request: int) -> None:
+        """Forget request ``request``'s waiter."""
+        with self._lock:
+            self._results.pop(request, None)
+
+    def acks(self, op: Op) -> queue.Queue:
+        """The queue of replies (ACK or ERROR) to ``op``."""
+        with self._lock:
+            q = self._acks[int(op)]
+            if self.broken and q.empty():
+                q.put(None)
+            return q
+
+    def route(self, msg: Message | None) -> None:
+        """File one message (None: the connection broke)."""
+        with self._lock:
+            if msg is None:
+                self.broken = True
+                for q in list(self._results.values()) + list(self._acks.values()):
+                    q.put(None)
+                self.unrouted.put(None)
+                return
+            if msg.op == Op.RESULT:
+                target = self._results.get(msg.request)
+            elif msg.op == Op.ACK:
+                target = self._acks[msg.a]
+            elif msg.op == Op.ERROR:
+                target = self._error_target(msg)
+            else:  # STOP echoes end the receiver; nothing waits for them
+                return
+            if target is None:
+                self.unrouted.put(msg)
+                return
+            target.put(msg)
+
+    def _error_target(self, msg: Message) -> queue.Queue | None:
+        failed = msg.b
+        if failed == Op.FWD:
+            return self._results.get(msg.request)
+        if failed == Op.KV_SEND:
+            return self._acks[int(Op.KV_PUT)]
+        if failed in tuple(int(o) for o in Op):
+            return self._acks[failed]
+        for q in list(self._results.values()) + list(self._acks.values()):
+            q.put(msg)   # tied to no op: every waiter hears of it
+        return None
