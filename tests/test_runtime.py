@@ -331,3 +331,59 @@ def test_stats_while_a_step_is_in_flight(mixed, haiku_ids, reference_tokens, tok
     finally:
         pipe.release()
     assert polls >= 2 and box["gen"].tokens == reference_tokens
+
+
+def generate_concurrently(rt, pipe, prompts: dict, steps: int, first_request: int) -> dict:
+    """Greedy generation of several prompts at once with submit/poll: every request's next
+    step is submitted as soon as its previous one completed."""
+    tokens = {r: [] for r in prompts}
+    rid = {r: first_request + i for i, r in enumerate(prompts)}
+    back = {v: k for k, v in rid.items()}
+    for r, ids in prompts.items():
+        pipe.submit(ids, rid[r], "prefill")
+    while rt.outstanding:
+        for c in rt.poll(60):
+            assert c.ok, c.error
+            r = back[c.request]
+            tokens[r].append(c.token)
+            if len(tokens[r]) < steps:
+                pipe.submit([c.token], c.request, "decode")
+    return tokens
+
+
+def test_eight_prompts_at_once_through_three_stages_give_the_same_tokens(mixed, tokenizer):
+    names = mixed.cluster.names[:3]
+    pipe = mixed.pipeline([(d, a, b) for d, (a, b) in zip(names, SPLITS[2])])
+    prompts = {i: tokenizer.encode(f"Tell me fact number {i} about the moon.") for i in range(8)}
+    try:
+        at_once = generate_concurrently(mixed, pipe, prompts, 6, first_request=200)
+        one_by_one = {i: pipe.generate(ids, 6, request=300 + i).tokens for i, ids in prompts.items()}
+    finally:
+        pipe.release()
+        mixed.free()
+    assert at_once == one_by_one
+
+
+def test_a_worker_killed_with_forwards_outstanding_fails_each_of_them(haiku_ids):
+    """>= 4 forwards in flight, a worker SIGKILLed: every one comes back failed with WorkerDied
+    naming the device, within 5 s; then the cluster stops cleanly."""
+    import signal
+
+    cluster = default_cluster(3)
+    with EmulatedCluster(cluster, dilation=1.0) as rt:
+        pipe = rt.pipeline([(cluster.names[0], 0, 10), (cluster.names[1], 10, 20),
+                            (cluster.names[2], 20, 30)])
+        long = (haiku_ids * 40)[:1500]
+        for r in range(6):
+            pipe.submit(long, 500 + r, "prefill")
+        os.kill(rt.procs[1].pid, signal.SIGKILL)   # the middle stage, with the queue full
+        t0 = time.monotonic()
+        got = []
+        while rt.outstanding and time.monotonic() - t0 < 10:
+            got += rt.poll(1.0)
+        took = time.monotonic() - t0
+        failed = [c for c in got if not c.ok]
+        # those whose result was already back succeed; every other one fails, none is lost
+        assert len(got) == 6 and len({c.request for c in got}) == 6
+        assert len(failed) >= 4 and took <= 5
+        assert all(isinstance(c.error, WorkerDied) and cluster.names[1] in str(c.error) for c in failed)

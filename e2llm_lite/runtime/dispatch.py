@@ -37,15 +37,21 @@ class Dispatcher:
         self.unrouted: queue.Queue = queue.Queue()
         self.broken = False
 
-    def expect(self, request: int) -> queue.Queue:
-        """Register a waiter for request ``request``'s RESULT; ValueError if one is in flight."""
+    def expect(self, request: int, sink: queue.Queue | None = None) -> queue.Queue:
+        """Register a waiter for request ``request``'s RESULT (into ``sink`` if given, a queue
+        shared by several requests); ValueError if one is in flight."""
         with self._lock:
             if request in self._results:
                 raise ValueError(f"request {request} already has an operation in flight")
-            q = self._results[request] = queue.Queue()
+            q = self._results[request] = sink if sink is not None else queue.Queue()
             if self.broken:
                 q.put(None)
             return q
+
+    def outstanding(self) -> list[int]:
+        """Requests with an operation in flight."""
+        with self._lock:
+            return list(self._results)
 
     def done(self, request: int) -> None:
         """Forget request ``request``'s waiter."""
@@ -65,7 +71,8 @@ class Dispatcher:
         with self._lock:
             if msg is None:
                 self.broken = True
-                for q in list(self._results.values()) + list(self._acks.values()):
+                for q in {id(q): q for q in list(self._results.values())
+                          + list(self._acks.values())}.values():
                     q.put(None)
                 self.unrouted.put(None)
                 return

@@ -61,6 +61,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Completion:
+    """An operation that ended (:meth:`EmulatedCluster.poll`): the forward of ``request``
+    through ``pipeline`` gave the greedy ``token`` (and ``logits`` if asked for), or failed with
+    ``error`` (a WorkerDied, DeviceOOM, ValueError ... naming the device)."""
+
+    request: int
+    pipeline: str
+    token: int | None = None
+    logits: "torch.Tensor | None" = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 @dataclass(frozen=True)
 class StagePlacement:
     """Layers [start, end) on the device named ``device``."""
@@ -108,7 +125,9 @@ class EmulatedCluster:
         self.procs: list = []
         self.pg = self.store = self.receiver = None
         self.dispatch = Dispatcher()
-        self._send_lock = threading.Lock()   # a header and its payload go out together
+        self._outbox: dict[int, queue.Queue] = {}   # rank -> messages its sender thread sends
+        self._done: queue.Queue = queue.Queue()   # replies to submitted forwards (poll)
+        self._submitted: dict[int, tuple] = {}    # request -> (pipeline name, logits?)
         self.placements: dict[str, StagePlacement] = {}
         self.bytes_sent = 0
         self._stopped = False
@@ -135,7 +154,6 @@ class EmulatedCluster:
                 group = dict(addr=self.addr, port=self.port, bind=os.environ.get("E2LLM_BIND_ADDR") or None)
             self.store, self.pg = self._join(group)
             self.store.set("e2llm/driver", "1")
-            self.dispatch = Dispatcher()
             self.receiver = Receiver(self.pg, self.dispatch.route)
             for dev in self.cluster.devices:
                 r = self.rank(dev.name)
@@ -198,10 +216,11 @@ class EmulatedCluster:
         intact = not any(p.poll() is not None for p in self.procs)
         if self.pg is not None and intact:  # ask every worker to stop; never wait long on one
             for r in range(1, self.world):
-                try:
-                    send(self.pg, r, Op.STOP, 0, timeout_s=1.0)
-                except Exception:
-                    pass
+                if r not in self._outbox:
+                    self._outbox[r] = queue.Queue()
+                    threading.Thread(target=self._sender, args=(r, self._outbox[r]),
+                                     name=f"e2llm-send-{r}", daemon=True).start()
+                self._outbox[r].put((Op.STOP, {"timeout_s": 1.0}))   # after what is queued
             deadline = time.monotonic() + timeout_s
             for p in self.procs:
                 _wait(p, deadline - time.monotonic())
@@ -225,16 +244,30 @@ class EmulatedCluster:
 
     # ---- messaging -----------------------------------------------------------------------------
     def _send(self, rank: int, op: Op, **kw) -> None:
-        if self.pg is None:
+        """Hand a message to ``rank``'s sender thread and return at once: a gloo send waits until
+        the worker takes the message, and a busy worker takes it only between steps. One thread
+        per worker keeps that worker's messages in order (a header and its payload together);
+        a worker that died is noticed by whoever waits for its reply."""
+        if self.pg is None or self._stopped:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
-        try:
-            with self._send_lock:
+        if rank not in self._outbox:
+            self._outbox[rank] = queue.Queue()
+            threading.Thread(target=self._sender, args=(rank, self._outbox[rank]),
+                             name=f"e2llm-send-{rank}", daemon=True).start()
+        self._outbox[rank].put((op, kw))
+
+    def _sender(self, rank: int, box: queue.Queue) -> None:
+        while True:
+            item = box.get()
+            if item is None:
+                return
+            op, kw = item
+            try:
                 self.bytes_sent += send(self.pg, rank, op, 0, **kw)
-        except RuntimeError as e:  # gloo: connection closed by peer
-            self._check_alive()
-            name = self.cluster.devices[rank - 1].name
-            raise WorkerDied(f"cannot reach the worker of device {name!r} (rank {rank}): "
-                             f"{str(e).splitlines()[0][:160]}") from None
+            except Exception:  # gloo: the connection closed (the worker died), or stopping
+                return
+            if op == Op.STOP:
+                return
 
     def _check_alive(self) -> None:
         for r, p in enumerate(self.procs, start=1):
@@ -264,14 +297,80 @@ class EmulatedCluster:
             return msg
 
     def _raise(self, msg) -> None:
+        raise self._error(msg)
+
+    def _error(self, msg) -> BaseException:
+        """The exception a worker's ERROR message stands for (a WorkerDied if a worker is dead:
+        an error is often the echo of another worker's death)."""
         time.sleep(0.05)
-        self._check_alive()  # a worker's error is often the echo of another worker's death
+        try:
+            self._check_alive()
+        except WorkerDied as e:
+            return e
         name = self.cluster.devices[msg.src - 1].name
         if msg.a == ErrorKind.DEVICE_OOM:
-            raise DeviceOOM(msg.text)
+            return DeviceOOM(msg.text)
         if msg.a == ErrorKind.VALUE:
-            raise ValueError(f"device {name!r}: {msg.text}")
-        raise E2LLMError(f"device {name!r} failed: {msg.text}")
+            return ValueError(f"device {name!r}: {msg.text}")
+        return E2LLMError(f"device {name!r} failed: {msg.text}")
+
+    # ---- asynchronous forwards -----------------------------------------------------------------
+    def poll(self, timeout_s: float | None = None) -> list[Completion]:
+        """Wait up to ``timeout_s`` (default: the cluster's timeout) for submitted forwards
+        (:meth:`Pipeline.submit`) to end; returns every completion available then (possibly
+        none after the timeout). A dead worker or a broken connection fails *every* outstanding
+        forward, each completion naming the device; nothing is waited on forever."""
+        out: list[Completion] = []
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while not out:
+            try:
+                msg = self._done.get(timeout=max(0.0, min(0.25, deadline - time.monotonic())))
+            except queue.Empty:
+                dead = self._dead()
+                if dead is not None:
+                    return self._fail_outstanding(dead)
+                if time.monotonic() >= deadline:
+                    return out
+                continue
+            while True:
+                if msg is None:
+                    return out + self._fail_outstanding(self._dead() or WorkerDied(
+                        f"lost the connection to a worker: {self.receiver.error}"))
+                out.append(self._completion(msg))
+                try:
+                    msg = self._done.get_nowait()
+                except queue.Empty:
+                    break
+        return out
+
+    @property
+    def outstanding(self) -> list[int]:
+        """Requests whose submitted forward has not been polled yet."""
+        return list(self._submitted)
+
+    def _dead(self) -> WorkerDied | None:
+        try:
+            self._check_alive()
+        except WorkerDied as e:
+            return e
+        return None
+
+    def _completion(self, msg) -> Completion:
+        name, logits = self._submitted.pop(msg.request, ("?", False))
+        self.dispatch.done(msg.request)
+        if msg.op == Op.ERROR:
+            return Completion(msg.request, name, error=self._error(msg))
+        return Completion(msg.request, name, token=msg.a,
+                          logits=msg.payload.reshape(1, 1, -1) if logits else None)
+
+    def _fail_outstanding(self, error: BaseException) -> list[Completion]:
+        out = []
+        for request, (name, _) in sorted(self._submitted.items()):
+            self.dispatch.done(request)
+            out.append(Completion(request, name, error=WorkerDied(
+                f"{error} — request {request} on pipeline {name!r} is lost")))
+        self._submitted.clear()
+        return out
 
     def _acks(self, op: Op, n: int) -> list:
         """Collect ``n`` replies (all of them, so none is left queued), then raise the first
@@ -452,6 +551,25 @@ class Pipeline:
         """Forget this placement: its devices may then hold another pipeline's layers."""
         for d in self.devices:
             self.runtime.placements.pop(d, None)
+
+    def submit(self, ids: list[int], request: int, phase: str = "prefill",
+               logits: bool = False) -> None:
+        """Start a forward of token ids through every stage and return at once; its
+        :class:`Completion` comes from :meth:`EmulatedCluster.poll`. Any number may be in
+        flight (distinct requests): each worker works through its queue in arrival order, so a
+        pipeline of S stages works on S of them at once."""
+        if phase not in ("prefill", "decode"):
+            raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
+        rt = self.runtime
+        rt.dispatch.expect(request, rt._done)
+        rt._submitted[request] = (self.name, logits)
+        try:
+            rt._send(self.ranks[0], Op.FWD, request=request, a=len(ids), b=int(logits),
+                     d=int(phase == "decode"), payload=torch.tensor([ids], dtype=torch.int64))
+        except BaseException:
+            rt._submitted.pop(request, None)
+            rt.dispatch.done(request)
+            raise
 
     def forward(self, ids: list[int], request: int = 0, phase: str = "prefill",
                 logits: bool = True) -> "torch.Tensor | int":
