@@ -423,18 +423,9 @@ def cmd_simulate(args) -> dict:
     from .serving.metrics import format_summary, write_csv
     from .serving.simulator import simulate_requests
 
-    cluster = load_cluster(args.cluster) if args.cluster else None
-    if cluster is None:  # the plan names its cluster: a preset, unless given
-        import json as _json
-
-        try:
-            name = _json.loads(open(args.plan, encoding="utf-8").read()).get("cluster", "")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-            name = ""
-        cluster = load_cluster(name) if name else None
-        if cluster is None:
-            raise ValueError(f"{args.plan}: give --cluster (the plan does not name a preset)")
-    plan = Plan.load(args.plan, cluster)
+    plan = Plan.load(args.plan)   # the plan names its cluster: a preset, unless --cluster
+    cluster = load_cluster(args.cluster or plan.cluster)
+    plan = Plan.load(args.plan, cluster)   # checked against it
     cm = CostModel.load(args.profile) if args.profile else CostModel.load()
     wl, requests = _serving_requests(args, plan)
     t0 = time.perf_counter()

@@ -10,14 +10,13 @@ payload.
 
 Point-to-point gloo work on the CPU completes only inside ``wait()``, and ``wait(timeout)``
 breaks the connection when it expires, so a receiver blocks in ``wait()`` on a background thread
-and hands messages to a ``queue.Queue``, on which every reader waits with a timeout.
+and hands messages to the driver's dispatcher, whose queues every reader waits on with a timeout.
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
-import queue
 import threading
 from dataclasses import dataclass
 
@@ -206,16 +205,12 @@ def recv(pg, world: int | None = None) -> Message:
 
 class Receiver:
     """Receives messages from any rank on a daemon thread and hands each to ``deliver`` (the
-    driver's :class:`~e2llm_lite.runtime.dispatch.Dispatcher`), or queues it for :meth:`get`.
+    driver's :class:`~e2llm_lite.runtime.dispatch.Dispatcher`). If the connection breaks (a peer
+    died), the thread keeps the exception in ``error`` and delivers None."""
 
-    If the connection breaks (a peer died), the thread stores the exception and delivers None
-    (``get`` re-raises it as ConnectionError).
-    """
-
-    def __init__(self, pg, deliver=None):
+    def __init__(self, pg, deliver):
         self.pg = pg
-        self.queue: queue.Queue = queue.Queue()
-        self.deliver = deliver or self.queue.put
+        self.deliver = deliver
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="e2llm-receiver", daemon=True)
         self.thread.start()
@@ -230,10 +225,3 @@ class Receiver:
         except BaseException as e:  # connection closed, process group shut down
             self.error = e
             self.deliver(None)
-
-    def get(self, timeout: float) -> Message:
-        msg = self.queue.get(timeout=timeout)
-        if msg is None:
-            self.queue.put(None)  # keep reporting the failure to later readers
-            raise ConnectionError(f"connection lost: {self.error}")
-        return msg
