@@ -156,6 +156,19 @@ class MemoryLedger:
         self.kv_tokens[request] = self.kv_tokens.get(request, 0) + tokens
         self._kv_total += tokens
 
+    def reserve_batch(self, requests) -> None:
+        """Account a batched decode step: one new token for each of ``requests`` (KV) and the
+        step's working memory (``len(requests)`` tokens and logits rows), or raise ``DeviceOOM``
+        and account nothing."""
+        n = len(requests)
+        need = self.step_need_bytes(n, n, n)
+        self._check(need, f"a decode batch of {n} sequences needs {need / MIB:.1f} MiB (weights "
+                    f"{self.weight_bytes / MIB:.1f} + KV {(self.kv_bytes + n * self.kv_per_token) / MIB:.2f}"
+                    f" + activations {(need - self.used_bytes - n * self.kv_per_token) / MIB:.2f})")
+        for r in requests:
+            self.add_kv(r, 1)
+        self.peak_bytes = max(self.peak_bytes, need)
+
     def release(self, request: int, tokens: int) -> None:
         """Undo :meth:`reserve` of ``tokens`` tokens (a step that failed after reserving)."""
         self.add_kv(request, -tokens)

@@ -8,6 +8,7 @@ import time
 
 import psutil
 import pytest
+import torch
 
 from e2llm_lite import cli
 from e2llm_lite.devices import Cluster, default_cluster
@@ -387,3 +388,52 @@ def test_a_worker_killed_with_forwards_outstanding_fails_each_of_them(haiku_ids)
         assert len(got) == 6 and len({c.request for c in got}) == 6
         assert len(failed) >= 4 and took <= 5
         assert all(isinstance(c.error, WorkerDied) and cluster.names[1] in str(c.error) for c in failed)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+@pytest.mark.parametrize("batch", [1, 2, 5, 8])
+def test_batched_decode_through_emulated_devices(mixed, n, batch):
+    """B sequences whose contexts differ by >= 100 tokens decode in one batched step per token
+    through n worker processes: the same greedy tokens as one request at a time."""
+    names = mixed.cluster.names[::-1][:n]
+    pipe = mixed.pipeline([(d, a, b) for d, (a, b) in zip(names, SPLITS[n - 1])])
+    g = torch.Generator().manual_seed(n * 10 + batch)
+    prompts = [torch.randint(100, 20000, (3 + 110 * i,), generator=g).tolist() for i in range(batch)]
+    try:
+        one = {i: [pipe.forward(p, request=700 + i, logits=False)] for i, p in enumerate(prompts)}
+        many = {800 + i: pipe.forward(p, request=800 + i, logits=False) for i, p in enumerate(prompts)}
+        for _ in range(3):
+            for i in one:
+                one[i].append(pipe.forward([one[i][-1]], request=700 + i, phase="decode",
+                                           logits=False))
+            nxt = pipe.decode(many)
+            for i in range(batch):
+                assert nxt[800 + i] == one[i][-1], (i, nxt, one)
+            many = nxt
+    finally:
+        pipe.release()
+        mixed.free()
+
+
+def test_a_decode_batch_over_memory_is_refused_before_computing(haiku_ids):
+    """A device whose budget holds three prompts and their one-at-a-time steps, but not the
+    working memory of a 16-sequence batch: DeviceOOM before computing, and the ledger as it was
+    (the next single step still works)."""
+    from e2llm_lite.devices import LOOPBACK, DeviceSpec
+    from e2llm_lite.memory import MIB, stage_need_bytes, working_bytes
+
+    T = len(haiku_ids)
+    assert working_bytes(16, 16, True) > working_bytes(T, 1, True) + 16 * 46080
+    room = stage_need_bytes(0, 30, 3 * T + 16, T, 1) + 1024
+    dev = DeviceSpec(name="tight", kind="host", prefill_speed=1.0, decode_speed=1.0,
+                     memory_mib=room / MIB, site="host")
+    cluster = Cluster(name="tight", devices=[dev], lan={"host": LOOPBACK})
+    with EmulatedCluster(cluster, dilation=1.0) as rt:
+        pipe = rt.pipeline([("tight", 0, 30)])
+        first = {r: pipe.forward(haiku_ids, request=r, logits=False) for r in range(3)}
+        before = rt.stats()["tight"]["kv_bytes"]
+        batch = {r: first.get(r, 1) for r in range(16)}
+        with pytest.raises(DeviceOOM, match="decode batch of 16"):
+            pipe.decode(batch)
+        assert rt.stats()["tight"]["kv_bytes"] == before
+        assert pipe.forward([first[0]], request=0, phase="decode", logits=False) >= 0

@@ -72,6 +72,7 @@ class Completion:
     token: int | None = None
     logits: "torch.Tensor | None" = None
     error: BaseException | None = None
+    tokens: dict | None = None   # a batched decode step (``request`` = its batch id): request -> token
 
     @property
     def ok(self) -> bool:
@@ -128,6 +129,8 @@ class EmulatedCluster:
         self._outbox: dict[int, queue.Queue] = {}   # rank -> messages its sender thread sends
         self._done: queue.Queue = queue.Queue()   # replies to submitted forwards (poll)
         self._submitted: dict[int, tuple] = {}    # request -> (pipeline name, logits?)
+        self._batches: dict[int, list] = {}       # batch id -> its request ids
+        self._next_batch = 1 << 40                # batch ids: far from any request id
         self.placements: dict[str, StagePlacement] = {}
         self.bytes_sent = 0
         self._stopped = False
@@ -360,6 +363,9 @@ class EmulatedCluster:
         self.dispatch.done(msg.request)
         if msg.op == Op.ERROR:
             return Completion(msg.request, name, error=self._error(msg))
+        if msg.c:   # a batched decode step
+            ids = self._batches.pop(msg.request)
+            return Completion(msg.request, name, tokens=dict(zip(ids, msg.payload.tolist())))
         return Completion(msg.request, name, token=msg.a,
                           logits=msg.payload.reshape(1, 1, -1) if logits else None)
 
@@ -367,6 +373,7 @@ class EmulatedCluster:
         out = []
         for request, (name, _) in sorted(self._submitted.items()):
             self.dispatch.done(request)
+            self._batches.pop(request, None)
             out.append(Completion(request, name, error=WorkerDied(
                 f"{error} — request {request} on pipeline {name!r} is lost")))
         self._submitted.clear()
@@ -570,6 +577,39 @@ class Pipeline:
             rt._submitted.pop(request, None)
             rt.dispatch.done(request)
             raise
+
+    def submit_decode(self, tokens: dict) -> int:
+        """Start one batched decode step for several requests at once (``{request: last token}``,
+        each request's KV already on this pipeline, contexts of any lengths) and return its batch
+        id at once; the :class:`Completion` (``tokens``: request -> next greedy token) comes from
+        :meth:`EmulatedCluster.poll`. Every device accounts the whole batch's memory before it
+        computes (DeviceOOM otherwise, nothing done)."""
+        if not tokens:
+            raise ValueError("a decode batch needs at least one request")
+        rt = self.runtime
+        batch = rt._next_batch
+        rt._next_batch += 1
+        ids = [int(r) for r in tokens]
+        rt.dispatch.expect(batch, rt._done)
+        rt._submitted[batch] = (self.name, False)
+        rt._batches[batch] = ids
+        rt._send(self.ranks[0], Op.BATCH, request=batch, payload=torch.tensor(ids, dtype=torch.int64))
+        rt._send(self.ranks[0], Op.FWD, request=batch, a=len(ids), c=1, d=1,
+                 payload=torch.tensor([[int(tokens[r])] for r in ids], dtype=torch.int64))
+        return batch
+
+    def decode(self, tokens: dict) -> dict:
+        """One batched decode step, blocking: ``{request: last token}`` -> ``{request: next}``."""
+        rt = self.runtime
+        batch = self.submit_decode(tokens)
+        while True:
+            for c in rt.poll():
+                if c.request == batch:
+                    if c.error is not None:
+                        raise c.error
+                    return c.tokens
+                raise E2LLMError(f"decode() met a completion of request {c.request}: use poll() "
+                                 "when other operations are in flight")
 
     def forward(self, ids: list[int], request: int = 0, phase: str = "prefill",
                 logits: bool = True) -> "torch.Tensor | int":

@@ -60,6 +60,9 @@ class Op(enum.IntEnum):
     CALIBRATE = 14  # driver->worker a=probe tokens b=repeats c=idle gap ms; payload float64
                     # [predicted prefill ms, predicted decode ms]; the ACK carries float64
                     # [measured prefill ms, measured decode ms, prefill factor, decode factor]
+    BATCH = 15     # ->worker  request=batch id; payload int64 [B] request ids of the next FWD with
+                   # c=1 (a batched decode step: ids [B, 1] or hidden [B, 1, 576]; its RESULT has
+                   # c=1 and an int64 [B] payload of greedy tokens)
 
 
 class ErrorKind(enum.IntEnum):

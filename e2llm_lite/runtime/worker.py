@@ -76,6 +76,7 @@ class Worker:
         self.next_rank = 0
         self.home_rank = 0
         self.trace: list[list[float]] = []
+        self.batches: dict[int, list[int]] = {}   # batch id -> its request ids (Op.BATCH)
         self.bytes_sent = 0
         self.bytes_received = 0
         self.link_s = 0.0
@@ -205,9 +206,15 @@ class Worker:
         self.send(0, Op.ACK, a=int(Op.CALIBRATE),
                   payload=torch.tensor([*measured, *self.host_factor], dtype=torch.float64))
 
+    def on_batch(self, m: Message) -> None:
+        """Remember the request ids of the batched FWD that follows (no reply)."""
+        self.batches[m.request] = [int(r) for r in m.payload.tolist()]
+
     def on_fwd(self, m: Message) -> None:
         if self.stage is None:
             raise ValueError(f"device {self.name!r} has no layers loaded")
+        if m.c:
+            return self._fwd_batch(m)
         phase = PHASES[m.d]
         tokens = m.a
         self.account.reserve(m.request, tokens)
@@ -230,6 +237,35 @@ class Worker:
             link = self.link_delay(self.next_rank, h.numel() * h.element_size())
             self._record(m, phase, tokens, last, link)
             self.send(self.next_rank, Op.FWD, request=m.request, a=tokens, b=m.b, d=m.d, payload=h)
+
+    def _fwd_batch(self, m: Message) -> None:
+        """A batched decode step for the requests of BATCH ``m.request``: all their KV and the
+        step's memory accounted first (or DeviceOOM, nothing done), then one pass."""
+        ids = self.batches.pop(m.request, None)
+        if ids is None:
+            raise ValueError(f"device {self.name!r}: no BATCH {m.request} announced its requests")
+        self.account.reserve_batch(ids)
+        x = m.payload
+        try:
+            out = self.throttle.run(lambda: self.stage.forward_batch(x, ids),
+                                    self.speeds[1] * self.host_factor[1])
+        except BaseException:
+            for r in ids:
+                self.account.release(r, 1)
+            raise
+        last = self.throttle.last
+        if self.stage.last:
+            tokens = out[:, -1].argmax(-1).to(torch.int64)
+            link = self.link_delay(self.home_rank, 8 * len(ids))
+            self._record(m, "decode", len(ids), last, link)
+            self.send(0, Op.RESULT, request=m.request, c=1, payload=tokens)
+        else:
+            h = out.contiguous()
+            link = self.link_delay(self.next_rank, h.numel() * h.element_size())
+            self._record(m, "decode", len(ids), last, link)
+            self.send(self.next_rank, Op.BATCH, request=m.request,
+                      payload=torch.tensor(ids, dtype=torch.int64))
+            self.send(self.next_rank, Op.FWD, request=m.request, a=len(ids), c=1, d=1, payload=h)
 
     def _record(self, m: Message, phase: str, tokens: int, last: dict, link_s: float) -> None:
         self.trace.append([m.request, PHASES.index(phase), tokens, last["start"], last["end"],
