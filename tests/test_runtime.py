@@ -437,3 +437,35 @@ def test_a_decode_batch_over_memory_is_refused_before_computing(haiku_ids):
             pipe.decode(batch)
         assert rt.stats()["tight"]["kv_bytes"] == before
         assert pipe.forward([first[0]], request=0, phase="decode", logits=False) >= 0
+
+
+def test_load_plan_places_every_replica_with_its_role(haiku_ids, reference_tokens, tokenizer):
+    """A strict-roles plan of mixed8 on its emulated devices: each replica's layers on its devices,
+    with its role and batch; a prompt prefilled on the PREFILL replica and decoded on the DECODER
+    after the KV hand-off gives the single-process tokens. A plan for another cluster is refused
+    before anything loads."""
+    from e2llm_lite.devices import preset
+    from e2llm_lite.errors import ConfigError
+    from e2llm_lite.planning import make_plan
+    from e2llm_lite.planning.ga import GAConfig
+
+    cluster = preset("mixed8")
+    plan = make_plan(cluster, "e2llm", "conv", 0.3, roles=("prefill", "decoder"),
+                     config=GAConfig(population=12, generations=8, patience=4))
+    with EmulatedCluster(cluster, dilation=1.0) as rt:   # correctness, not timing: no dilation
+        with pytest.raises(ConfigError):
+            rt.load_plan(make_plan(preset("home4"), "colocated", "conv", 0.3))
+        assert rt.placements == {}
+        pipes = rt.load_plan(plan)
+        assert {n: (p.role, p.batch) for n, p in pipes.items()} == {
+            r.name: (r.role, r.batch) for r in plan.replicas}
+        for r in plan.replicas:
+            for dev, a, b in r.stages:
+                assert (rt.placements[dev].start, rt.placements[dev].end) == (a, b)
+        pre = next(p for p in pipes.values() if p.role == "prefill")
+        dec = next(p for p in pipes.values() if p.role == "decoder")
+        tokens = [pre.forward(haiku_ids, request=1, logits=False)]
+        rt.move_kv(1, pre, dec)
+        while len(tokens) < len(reference_tokens):
+            tokens.append(dec.forward([tokens[-1]], request=1, phase="decode", logits=False))
+        assert tokens == reference_tokens

@@ -416,6 +416,19 @@ class EmulatedCluster:
             self.calibrate(names)
         return Pipeline(self, stages, ranks, name)
 
+    def load_plan(self, plan) -> dict[str, "Pipeline"]:
+        """Put every replica of ``plan`` (a :class:`~e2llm_lite.planning.Plan`; checked against
+        this cluster first, so a plan that does not match is one ConfigError before anything
+        loads) on its devices. Returns replica name -> :class:`Pipeline`, each knowing its
+        ``role`` and decode ``batch``."""
+        plan.validate(self.cluster)
+        out = {}
+        for r in plan.replicas:
+            pipe = self.pipeline(list(r.stages), name=r.name)
+            pipe.role, pipe.batch = r.role, r.batch
+            out[r.name] = pipe
+        return out
+
     def calibrate(self, devices=None, tokens: int = 128, repeats: int = 7,
                   idle_gap_ms: float = 100.0) -> dict[str, dict]:
         """Measure how fast this host runs each placed stage now, against the cost model.
@@ -547,8 +560,9 @@ class Pipeline:
     """A replica: devices holding contiguous layer ranges in order, with KV kept on the devices."""
 
     def __init__(self, runtime: EmulatedCluster, stages: list[StagePlacement], ranks: list[int],
-                 name: str):
+                 name: str, role: str = "both", batch: int = 1):
         self.runtime, self.stages, self.ranks, self.name = runtime, stages, ranks, name
+        self.role, self.batch = role, batch   # a plan's replica: its role and decode batch
 
     @property
     def devices(self) -> list[str]:
