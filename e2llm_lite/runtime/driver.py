@@ -127,6 +127,7 @@ class EmulatedCluster:
         self.pg = self.store = self.receiver = None
         self.dispatch = Dispatcher()
         self._outbox: dict[int, queue.Queue] = {}   # rank -> messages its sender thread sends
+        self._senders: dict[int, threading.Thread] = {}
         self._done: queue.Queue = queue.Queue()   # replies to submitted forwards (poll)
         self._submitted: dict[int, tuple] = {}    # request -> (pipeline name, logits?)
         self._batches: dict[int, list] = {}       # batch id -> its request ids
@@ -219,11 +220,7 @@ class EmulatedCluster:
         intact = not any(p.poll() is not None for p in self.procs)
         if self.pg is not None and intact:  # ask every worker to stop; never wait long on one
             for r in range(1, self.world):
-                if r not in self._outbox:
-                    self._outbox[r] = queue.Queue()
-                    threading.Thread(target=self._sender, args=(r, self._outbox[r]),
-                                     name=f"e2llm-send-{r}", daemon=True).start()
-                self._outbox[r].put((Op.STOP, {"timeout_s": 1.0}))   # after what is queued
+                self._post(r, Op.STOP, {"timeout_s": 1.0})   # after what is queued
             deadline = time.monotonic() + timeout_s
             for p in self.procs:
                 _wait(p, deadline - time.monotonic())
@@ -236,6 +233,11 @@ class EmulatedCluster:
                 _wait(p, 1.0)
         if self.receiver is not None:  # ends on the workers' STOP echo; never left blocked in gloo
             self.receiver.thread.join(1.0)
+        for box in self._outbox.values():   # senders done before the group goes: a gloo call
+            box.put(None)                   # cut off mid-send aborts the whole process
+        end = time.monotonic() + (2.0 if intact else 0.5)
+        for t in self._senders.values():
+            t.join(max(0.0, end - time.monotonic()))
         if self.pg is not None:
             try:
                 self.pg.shutdown()
@@ -253,10 +255,14 @@ class EmulatedCluster:
         a worker that died is noticed by whoever waits for its reply."""
         if self.pg is None or self._stopped:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
+        self._post(rank, op, kw)
+
+    def _post(self, rank: int, op: Op, kw: dict) -> None:
         if rank not in self._outbox:
             self._outbox[rank] = queue.Queue()
-            threading.Thread(target=self._sender, args=(rank, self._outbox[rank]),
-                             name=f"e2llm-send-{rank}", daemon=True).start()
+            self._senders[rank] = threading.Thread(target=self._sender, args=(rank, self._outbox[rank]),
+                                                   name=f"e2llm-send-{rank}", daemon=True)
+            self._senders[rank].start()
         self._outbox[rank].put((op, kw))
 
     def _sender(self, rank: int, box: queue.Queue) -> None:
