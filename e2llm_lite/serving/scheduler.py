@@ -92,7 +92,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..memory import MIB, MemoryLedger, working_bytes
+from ..memory import MIB, MemoryLedger
 from ..model import ANATOMY
 from .events import (Arrival, DeviceFailed, FreeKV, HandoffDone, IterationDone, MoveKV, Reject,
                      RunIteration)
@@ -266,9 +266,7 @@ class Scheduler:
     # ---- capability --------------------------------------------------------------------------
     def _fits_empty(self, rep: ReplicaState, kv: int, step: int, rows: int) -> bool:
         """Whether ``kv`` tokens of KV and a step of ``step`` tokens fit the replica empty."""
-        return all(led.weight_bytes + kv * led.kv_per_token
-                   + working_bytes(step, rows, led.end == self.anatomy.n_layers, self.anatomy)
-                   <= led.budget_bytes for led in rep.ledgers)
+        return all(led.need_with(kv, step, rows) <= led.budget_bytes for led in rep.ledgers)
 
     def _prefill_capable(self, rep) -> bool:
         return rep.role in ("prefill", "both")
@@ -642,9 +640,8 @@ class Scheduler:
         """splitwise-sim's ``is_memory_loaded``: the KV scheduled here + ``extra`` tokens (with the
         decode batch's working memory) would not fit."""
         promised = sum(rep.promised.values())
-        return not all(led.weight_bytes + (promised + extra) * led.kv_per_token
-                       + working_bytes(rep.batch, rep.batch, led.end == self.anatomy.n_layers,
-                                       self.anatomy) <= led.budget_bytes for led in rep.ledgers)
+        return not all(led.need_with(promised + extra, rep.batch, rep.batch) <= led.budget_bytes
+                       for led in rep.ledgers)
 
     def _route_splitwise(self, rec: RequestRecord) -> None:
         """splitwise-sim's ``MixedPoolScheduler.schedule`` (module docstring), among the instances
