@@ -168,8 +168,10 @@ def test_generation_lengths_are_checked_before_any_worker_starts(argv, names, ca
 
 # ---- item 9: the wire ----------------------------------------------------------------------------
 def header(op=3, src=0, dtype=0, shape=()):
-    h = [op, src, 0, 0, 0, 0, 0, dtype, len(shape), *shape]
-    return h + [0] * (16 - len(h))
+    from e2llm_lite.runtime.protocol import HEADER_LEN
+
+    h = [op, src, 0, 0, 0, 0, 0, 0, 0, dtype, len(shape), *shape]   # op src request a-e t
+    return h + [0] * (HEADER_LEN - len(h))
 
 
 @pytest.mark.parametrize("h,words", [

@@ -4,13 +4,15 @@ The driver's receiver thread hands each message to :meth:`Dispatcher.route`, whi
 what it answers, so that any number of operations can be outstanding at once without one caller
 taking another's reply:
 
-* ``RESULT`` of request ``r`` -> the queue of request ``r`` (registered by :meth:`expect` before
-  its ``FWD`` was sent);
+* anything that names an asynchronous operation (header ``e``; a forward's ``RESULT`` and
+  ``STEP`` reports name it by their request) -> that operation's queue (registered by
+  :meth:`expect` before its first message was sent): its ``RESULT``, its ``STEP`` reports, the
+  ``ACK`` of each piece of a KV hand-off, and its ``ERROR``;
 * ``ACK`` of op ``o`` -> the queue of op ``o`` (a ``STATS`` reply never meets a ``RESULT``);
-* ``ERROR`` -> where its success would have gone: the worker names the op that failed (header
-  ``b``); a failed ``FWD`` goes to its request, a failed ``KV_SEND`` to the ``KV_PUT`` acks the
-  hand-off waits for, anything else to that op's acks; an error tied to no op (a malformed message)
-  goes to :attr:`unrouted` and to every waiter;
+* any other ``ERROR`` -> where its success would have gone: the worker names the op that failed
+  (header ``b``); a failed ``FWD`` goes to its request, a failed ``KV_SEND`` to the ``KV_PUT`` acks,
+  anything else to that op's acks; an error tied to no op (a malformed message) goes to
+  :attr:`unrouted` and to every waiter;
 * the connection breaking (``None``) -> every queue, so nobody waits for a dead worker.
 
 Waiting itself (with timeouts and the check that every worker is alive) is the driver's.
@@ -76,12 +78,15 @@ class Dispatcher:
                     q.put(None)
                 self.unrouted.put(None)
                 return
-            if msg.op == Op.RESULT:
-                target = self._results.get(msg.request)
+            named = self._results.get(msg.e) if msg.e else None
+            if msg.op in (Op.RESULT, Op.STEP):
+                target = named or self._results.get(msg.request)
+                if target is None and msg.op == Op.STEP:
+                    return   # the report of an operation nobody waits for any more
             elif msg.op == Op.ACK:
-                target = self._acks[msg.a]
+                target = named or self._acks[msg.a]
             elif msg.op == Op.ERROR:
-                target = self._error_target(msg)
+                target = named or self._error_target(msg)
             else:  # STOP echoes end the receiver; nothing waits for them
                 return
             if target is None:

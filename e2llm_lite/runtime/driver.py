@@ -29,7 +29,6 @@ import threading
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,14 +36,15 @@ import torch
 from ..costmodel import CostModel
 from ..devices import Cluster
 from ..errors import DeviceOOM, E2LLMError, WorkerDied
-from ..generation import Generation, greedy_decode
 from ..memory import MIB
 from ..model import ANATOMY
 from ..split import kv_pieces
 from .dispatch import Dispatcher
 from .limits import CONNECT_TIMEOUT_S, MAX_DILATION
-from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Op, Receiver, make_group,
-                       send, text_payload)
+from .ops import Completion, Operations
+from .pipeline import Pipeline, StagePlacement
+from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Op, Outbox, Postbox, Receiver,
+                       make_group, text_payload)
 from .throttle import auto_dilation
 
 
@@ -61,39 +61,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class Completion:
-    """An operation that ended (:meth:`EmulatedCluster.poll`): the forward of ``request``
-    through ``pipeline`` gave the greedy ``token`` (and ``logits`` if asked for), or failed with
-    ``error`` (a WorkerDied, DeviceOOM, ValueError ... naming the device)."""
-
-    request: int
-    pipeline: str
-    token: int | None = None
-    logits: "torch.Tensor | None" = None
-    error: BaseException | None = None
-    tokens: dict | None = None   # a batched decode step (``request`` = its batch id): request -> token
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass(frozen=True)
-class StagePlacement:
-    """Layers [start, end) on the device named ``device``."""
-
-    device: str
-    start: int
-    end: int
-
-
 class EmulatedCluster:
     """Worker processes emulating ``cluster``'s devices, driven from this process.
 
     dilation: the clock-stretch factor (>= 1); None picks ``auto_dilation`` for the fastest device
         at ``concurrency`` simultaneously computing workers on ``host_cores`` cores (margin 1.5,
         or 2.0 with ``calibrate``: a calibrated device runs at its speed x the host factor).
+    concurrency: how many workers compute at once: 1 (one request at a time, the default), a
+        number, or ``"all"`` (every device of the cluster: serving a plan, where a pipeline of
+        S stages works on S requests and every replica at once). Too low a figure for the real
+        concurrency makes steps overrun (counted per device in :meth:`stats`).
     timeout_s: the longest the driver waits for any single reply.
     connect_timeout_s: the longest the workers may take to start and join (s).
     calibrate: if True, every stage is calibrated right after it is loaded (:meth:`calibrate`):
@@ -102,7 +79,7 @@ class EmulatedCluster:
         device runs at its speed relative to this host's thread as it is now.
     """
 
-    def __init__(self, cluster: Cluster, dilation: float | None = None, concurrency: int = 1,
+    def __init__(self, cluster: Cluster, dilation: float | None = None, concurrency: int | str = 1,
                  host_cores: int = 2, timeout_s: float = 120.0, addr: str = "127.0.0.1",
                  port: int | None = None, spawn: bool = True, calibrate: bool = False,
                  costmodel=None, connect_timeout_s: float = CONNECT_TIMEOUT_S):
@@ -111,7 +88,13 @@ class EmulatedCluster:
         self.costmodel = costmodel
         self.calibration: dict[str, dict] = {}
         fastest = max(max(d.prefill_speed, d.decode_speed) for d in cluster.devices)
+        if concurrency == "all":
+            concurrency = len(cluster)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a whole number >= 1 or 'all', got {concurrency!r}")
+        self.concurrency = concurrency
         # calibrated devices run at speed x host factor (seen up to 1.6): more headroom
+        self._auto_dilation = dilation is None
         self.dilation = (auto_dilation(fastest, concurrency, host_cores,
                                        margin=2.0 if calibrate else 1.5)
                          if dilation is None else float(dilation))
@@ -126,14 +109,14 @@ class EmulatedCluster:
         self.procs: list = []
         self.pg = self.store = self.receiver = None
         self.dispatch = Dispatcher()
-        self._outbox: dict[int, queue.Queue] = {}   # rank -> messages its sender thread sends
-        self._senders: dict[int, threading.Thread] = {}
+        self.outbox: Outbox | None = None         # one sender thread per worker (after start)
         self._done: queue.Queue = queue.Queue()   # replies to submitted forwards (poll)
-        self._submitted: dict[int, tuple] = {}    # request -> (pipeline name, logits?)
-        self._batches: dict[int, list] = {}       # batch id -> its request ids
-        self._next_batch = 1 << 40                # batch ids: far from any request id
+        self._next_op = 1 << 40                   # batch / hand-off / free ids: far above requests
+        self.t0 = time.monotonic()                # the start of device time (reset by start())
+        self.ops = Operations(lambda rank: self.cluster.devices[rank - 1].name, self.device_s,
+                              self._error)
+        self.postbox = Postbox()                  # replies held until their delivery time
         self.placements: dict[str, StagePlacement] = {}
-        self.bytes_sent = 0
         self._stopped = False
         self._tmp = None
         self.connect_timeout_s = float(connect_timeout_s)
@@ -158,10 +141,14 @@ class EmulatedCluster:
                 group = dict(addr=self.addr, port=self.port, bind=os.environ.get("E2LLM_BIND_ADDR") or None)
             self.store, self.pg = self._join(group)
             self.store.set("e2llm/driver", "1")
-            self.receiver = Receiver(self.pg, self.dispatch.route)
+            self.outbox = Outbox(self.pg, 0)
+            self.t0 = time.monotonic()
+            self.receiver = Receiver(self.pg, self.postbox)
+            threading.Thread(target=self._postman, name="e2llm-postman", daemon=True).start()
             for dev in self.cluster.devices:
                 r = self.rank(dev.name)
-                self._send(r, Op.SETUP, a=int(round(self.dilation * 1e6)), payload=text_payload(dev.name))
+                self._send(r, Op.SETUP, a=int(round(self.dilation * 1e6)), b=int(time.monotonic() * 1e6),
+                           c=int(self.spawn), payload=text_payload(dev.name))
                 links = np.zeros((self.world, 2))
                 for other in self.cluster.devices:
                     link = self.cluster.link(dev.name, other.name)
@@ -233,11 +220,8 @@ class EmulatedCluster:
                 _wait(p, 1.0)
         if self.receiver is not None:  # ends on the workers' STOP echo; never left blocked in gloo
             self.receiver.thread.join(1.0)
-        for box in self._outbox.values():   # senders done before the group goes: a gloo call
-            box.put(None)                   # cut off mid-send aborts the whole process
-        end = time.monotonic() + (2.0 if intact else 0.5)
-        for t in self._senders.values():
-            t.join(max(0.0, end - time.monotonic()))
+        if self.outbox is not None:   # senders done before the group goes
+            self.outbox.close(2.0 if intact else 0.5)
         if self.pg is not None:
             try:
                 self.pg.shutdown()
@@ -258,24 +242,26 @@ class EmulatedCluster:
         self._post(rank, op, kw)
 
     def _post(self, rank: int, op: Op, kw: dict) -> None:
-        if rank not in self._outbox:
-            self._outbox[rank] = queue.Queue()
-            self._senders[rank] = threading.Thread(target=self._sender, args=(rank, self._outbox[rank]),
-                                                   name=f"e2llm-send-{rank}", daemon=True)
-            self._senders[rank].start()
-        self._outbox[rank].put((op, kw))
+        self.outbox.put(rank, op, **kw)
 
-    def _sender(self, rank: int, box: queue.Queue) -> None:
-        while True:
-            item = box.get()
-            if item is None:
-                return
-            op, kw = item
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes the driver put on the wire."""
+        return self.outbox.bytes_sent if self.outbox else 0
+
+    def _postman(self) -> None:
+        """Hand each reply to the dispatcher at its delivery time (a token coming back over the
+        emulated link from the last stage is held until it has crossed it); ends with the
+        connection."""
+        while not self._stopped:
             try:
-                self.bytes_sent += send(self.pg, rank, op, 0, **kw)
-            except Exception:  # gloo: the connection closed (the worker died), or stopping
-                return
-            if op == Op.STOP:
+                msg = self.postbox.get(0.25)
+            except queue.Empty:
+                continue
+            if msg is not None:
+                msg.arrived = time.monotonic()
+            self.dispatch.route(msg)
+            if msg is None:
                 return
 
     def _check_alive(self) -> None:
@@ -323,12 +309,38 @@ class EmulatedCluster:
             return ValueError(f"device {name!r}: {msg.text}")
         return E2LLMError(f"device {name!r} failed: {msg.text}")
 
-    # ---- asynchronous forwards -----------------------------------------------------------------
+    # ---- asynchronous operations ---------------------------------------------------------------
+    def now_s(self) -> float:
+        """Device seconds since the cluster started (the clock of every completion)."""
+        return self.device_s(time.monotonic() * 1e6)
+
+    def device_s(self, driver_us: float) -> float:
+        """A time on the driver's clock (us of ``time.monotonic``) in device s since the start."""
+        return (driver_us / 1e6 - self.t0) / self.dilation
+
+    def _new_op(self) -> int:
+        opid = self._next_op
+        self._next_op += 1
+        return opid
+
+    def _register(self, opid: int, kind: str, pipeline: str, requests, **kw) -> None:
+        """Track operation ``opid`` before its first message leaves (its replies go to poll)."""
+        if self._stopped or self.receiver is None:
+            raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
+        self.dispatch.expect(opid, self._done)
+        self.ops.add(opid, kind, pipeline, requests, **kw)
+
+    def _unregister(self, opid: int) -> None:
+        self.ops.ops.pop(opid, None)
+        self.dispatch.done(opid)
+
     def poll(self, timeout_s: float | None = None) -> list[Completion]:
-        """Wait up to ``timeout_s`` (default: the cluster's timeout) for submitted forwards
-        (:meth:`Pipeline.submit`) to end; returns every completion available then (possibly
-        none after the timeout). A dead worker or a broken connection fails *every* outstanding
-        forward, each completion naming the device; nothing is waited on forever."""
+        """Wait up to ``timeout_s`` (default: the cluster's timeout) for submitted operations
+        (:meth:`Pipeline.submit`, :meth:`Pipeline.submit_decode`, :meth:`submit_move_kv`,
+        :meth:`submit_free`) to end; returns every completion available then (possibly none
+        after the timeout). A dead worker or a broken connection fails *every* outstanding
+        operation, each completion naming the device and its requests; nothing is waited on
+        forever."""
         out: list[Completion] = []
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         while not out:
@@ -345,17 +357,40 @@ class EmulatedCluster:
                 if msg is None:
                     return out + self._fail_outstanding(self._dead() or WorkerDied(
                         f"lost the connection to a worker: {self.receiver.error}"))
-                out.append(self._completion(msg))
+                done = self._collect(msg)
+                if done is not None:
+                    out.append(done)
                 try:
                     msg = self._done.get_nowait()
                 except queue.Empty:
                     break
         return out
 
+    def _collect(self, msg) -> Completion | None:
+        opid = msg.e or msg.request
+        done = self.ops.collect(opid, msg)
+        if done is not None:
+            self.dispatch.done(opid)
+        return done
+
+    def wait(self, opid: int, timeout_s: float | None = None) -> Completion:
+        """Wait for operation ``opid`` alone (no other operation may be outstanding: their
+        completions would have nowhere to go)."""
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            for c in self.poll(max(0.0, deadline - time.monotonic())):
+                if c.request == opid:
+                    return c
+                raise E2LLMError(f"waiting for operation {opid}, met a completion of {c.request}: "
+                                 "use poll() when other operations are in flight")
+            if time.monotonic() >= deadline:
+                self._unregister(opid)
+                raise WorkerDied(f"no reply from the workers within {self.timeout_s:.0f} s")
+
     @property
     def outstanding(self) -> list[int]:
-        """Requests whose submitted forward has not been polled yet."""
-        return list(self._submitted)
+        """Operations submitted and not polled yet (a forward's id is its request)."""
+        return list(self.ops.ops)
 
     def _dead(self) -> WorkerDied | None:
         try:
@@ -364,26 +399,34 @@ class EmulatedCluster:
             return e
         return None
 
-    def _completion(self, msg) -> Completion:
-        name, logits = self._submitted.pop(msg.request, ("?", False))
-        self.dispatch.done(msg.request)
-        if msg.op == Op.ERROR:
-            return Completion(msg.request, name, error=self._error(msg))
-        if msg.c:   # a batched decode step
-            ids = self._batches.pop(msg.request)
-            return Completion(msg.request, name, tokens=dict(zip(ids, msg.payload.tolist())))
-        return Completion(msg.request, name, token=msg.a,
-                          logits=msg.payload.reshape(1, 1, -1) if logits else None)
-
     def _fail_outstanding(self, error: BaseException) -> list[Completion]:
-        out = []
-        for request, (name, _) in sorted(self._submitted.items()):
-            self.dispatch.done(request)
-            self._batches.pop(request, None)
-            out.append(Completion(request, name, error=WorkerDied(
-                f"{error} — request {request} on pipeline {name!r} is lost")))
-        self._submitted.clear()
-        return out
+        for opid in list(self.ops.ops):
+            self.dispatch.done(opid)
+        return self.ops.fail_all(error)
+
+    def submit_move_kv(self, request: int, src: "Pipeline", dst: "Pipeline") -> int:
+        """Start handing a request's KV cache from ``src``'s devices to ``dst``'s and return its
+        operation id at once. Each layer's KV goes to the device that holds that layer in ``dst``
+        (whose split may differ); each source device sends its pieces over its own links while
+        it goes on computing. The :class:`Completion` (kind ``"kv"``, ``bytes`` moved) comes
+        from :meth:`poll` when every piece is stored. The source keeps its copy (free it with
+        :meth:`submit_free`)."""
+        pieces = kv_pieces([(r, s.start, s.end) for r, s in zip(src.ranks, src.stages)],
+                           [(r, d.start, d.end) for r, d in zip(dst.ranks, dst.stages)])
+        opid = self._new_op()
+        self._register(opid, "kv", f"{src.name}->{dst.name}", [request], expect=len(pieces))
+        for s_rank, d_rank, a, b in pieces:
+            self._send(s_rank, Op.KV_SEND, request=request, a=a, b=b, c=d_rank, e=opid)
+        return opid
+
+    def submit_free(self, request: int, pipeline: "Pipeline") -> int:
+        """Start freeing a request's KV on ``pipeline``'s devices; returns the operation id (its
+        completion, kind ``"free"``, comes from :meth:`poll`)."""
+        opid = self._new_op()
+        self._register(opid, "free", pipeline.name, [request], expect=len(pipeline.ranks))
+        for r in pipeline.ranks:
+            self._send(r, Op.FREE, request=request, e=opid)
+        return opid
 
     def _acks(self, op: Op, n: int) -> list:
         """Collect ``n`` replies (all of them, so none is left queued), then raise the first
@@ -426,8 +469,14 @@ class EmulatedCluster:
         """Put every replica of ``plan`` (a :class:`~e2llm_lite.planning.Plan`; checked against
         this cluster first, so a plan that does not match is one ConfigError before anything
         loads) on its devices. Returns replica name -> :class:`Pipeline`, each knowing its
-        ``role`` and decode ``batch``."""
+        ``role`` and decode ``batch``. Warns if the cluster was started for fewer workers
+        computing at once than the plan has devices (its steps may overrun)."""
         plan.validate(self.cluster)
+        used = {d for r in plan.replicas for d, _, _ in r.stages}
+        if len(used) > self.concurrency and self._auto_dilation:
+            warnings.warn(f"the plan keeps {len(used)} devices busy at once but the dilation "
+                          f"{self.dilation:g} was picked for {self.concurrency}: steps may overrun "
+                          "(start the cluster with concurrency='all')", RuntimeWarning, stacklevel=2)
         out = {}
         for r in plan.replicas:
             pipe = self.pipeline(list(r.stages), name=r.name)
@@ -485,23 +534,16 @@ class EmulatedCluster:
         self._acks(Op.FREE, self.world - 1)
 
     def move_kv(self, request: int, src: "Pipeline", dst: "Pipeline", free_src: bool = True) -> int:
-        """Hand a request's KV cache from ``src``'s devices to ``dst``'s, layer by layer.
-
-        Each layer's KV goes to the device that holds that layer in ``dst`` (whose split may
-        differ); returns the bytes moved.
-        """
-        moved = 0
-        pieces = kv_pieces([(r, s.start, s.end) for r, s in zip(src.ranks, src.stages)],
-                           [(r, d.start, d.end) for r, d in zip(dst.ranks, dst.stages)])
-        for s_rank, d_rank, a, b in pieces:
-            self._send(s_rank, Op.KV_SEND, request=request, a=a, b=b, c=d_rank)
-        for msg in self._acks(Op.KV_PUT, len(pieces)):
-            moved += (msg.c - msg.b) * msg.d * ANATOMY.kv_bytes_per_token_layer
+        """Hand a request's KV cache from ``src``'s devices to ``dst``'s, layer by layer, and
+        wait for it (:meth:`submit_move_kv`, blocking); returns the bytes moved."""
+        done = self.wait(self.submit_move_kv(request, src, dst))
+        if done.error is not None:
+            raise done.error
         if free_src:
             for r in src.ranks:
                 self._send(r, Op.FREE, request=request)
             self._acks(Op.FREE, len(src.ranks))
-        return moved
+        return done.bytes
 
     def stats(self) -> dict[str, dict]:
         """Per-device counters: compute (CPU s), sleep (s), steps, overruns, bytes, memory."""
@@ -560,116 +602,6 @@ class EmulatedCluster:
                         "cpu_ms": r["cpu_s"] * 1e3, "target_ms": r["target_s"] * 1e3 / D,
                         "overrun": bool(r["overrun"]), "link_ms": r["link_s"] * 1e3})
         return out
-
-
-class Pipeline:
-    """A replica: devices holding contiguous layer ranges in order, with KV kept on the devices."""
-
-    def __init__(self, runtime: EmulatedCluster, stages: list[StagePlacement], ranks: list[int],
-                 name: str, role: str = "both", batch: int = 1):
-        self.runtime, self.stages, self.ranks, self.name = runtime, stages, ranks, name
-        self.role, self.batch = role, batch   # a plan's replica: its role and decode batch
-
-    @property
-    def devices(self) -> list[str]:
-        return [s.device for s in self.stages]
-
-    def release(self) -> None:
-        """Forget this placement: its devices may then hold another pipeline's layers."""
-        for d in self.devices:
-            self.runtime.placements.pop(d, None)
-
-    def submit(self, ids: list[int], request: int, phase: str = "prefill",
-               logits: bool = False) -> None:
-        """Start a forward of token ids through every stage and return at once; its
-        :class:`Completion` comes from :meth:`EmulatedCluster.poll`. Any number may be in
-        flight (distinct requests): each worker works through its queue in arrival order, so a
-        pipeline of S stages works on S of them at once."""
-        if phase not in ("prefill", "decode"):
-            raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
-        rt = self.runtime
-        rt.dispatch.expect(request, rt._done)
-        rt._submitted[request] = (self.name, logits)
-        try:
-            rt._send(self.ranks[0], Op.FWD, request=request, a=len(ids), b=int(logits),
-                     d=int(phase == "decode"), payload=torch.tensor([ids], dtype=torch.int64))
-        except BaseException:
-            rt._submitted.pop(request, None)
-            rt.dispatch.done(request)
-            raise
-
-    def submit_decode(self, tokens: dict) -> int:
-        """Start one batched decode step for several requests at once (``{request: last token}``,
-        each request's KV already on this pipeline, contexts of any lengths) and return its batch
-        id at once; the :class:`Completion` (``tokens``: request -> next greedy token) comes from
-        :meth:`EmulatedCluster.poll`. Every device accounts the whole batch's memory before it
-        computes (DeviceOOM otherwise, nothing done)."""
-        if not tokens:
-            raise ValueError("a decode batch needs at least one request")
-        rt = self.runtime
-        batch = rt._next_batch
-        rt._next_batch += 1
-        ids = [int(r) for r in tokens]
-        rt.dispatch.expect(batch, rt._done)
-        rt._submitted[batch] = (self.name, False)
-        rt._batches[batch] = ids
-        rt._send(self.ranks[0], Op.BATCH, request=batch, payload=torch.tensor(ids, dtype=torch.int64))
-        rt._send(self.ranks[0], Op.FWD, request=batch, a=len(ids), c=1, d=1,
-                 payload=torch.tensor([[int(tokens[r])] for r in ids], dtype=torch.int64))
-        return batch
-
-    def decode(self, tokens: dict) -> dict:
-        """One batched decode step, blocking: ``{request: last token}`` -> ``{request: next}``."""
-        rt = self.runtime
-        batch = self.submit_decode(tokens)
-        while True:
-            for c in rt.poll():
-                if c.request == batch:
-                    if c.error is not None:
-                        raise c.error
-                    return c.tokens
-                raise E2LLMError(f"decode() met a completion of request {c.request}: use poll() "
-                                 "when other operations are in flight")
-
-    def forward(self, ids: list[int], request: int = 0, phase: str = "prefill",
-                logits: bool = True) -> "torch.Tensor | int":
-        """Run token ids through every stage.
-
-        Returns the last position's logits ``[1, 1, vocab]``, or with ``logits=False`` only the
-        greedy token (the last device takes the argmax and sends 8 bytes instead of 196 KB).
-        """
-        if phase not in ("prefill", "decode"):
-            raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
-        rt = self.runtime
-        q = rt.dispatch.expect(request)
-        try:
-            rt._send(self.ranks[0], Op.FWD, request=request, a=len(ids), b=int(logits),
-                     d=int(phase == "decode"), payload=torch.tensor([ids], dtype=torch.int64))
-            msg = rt._take(q)
-        finally:
-            rt.dispatch.done(request)
-        if msg.op == Op.ERROR:
-            rt._raise(msg)
-        return msg.payload.reshape(1, 1, -1) if logits else msg.a
-
-    def generate(self, prompt_ids, max_new_tokens: int, stop_ids=(), request: int = 0,
-                 free: bool = True) -> Generation:
-        """Greedy generation through the pipeline (prefill at prefill speed, then decode)."""
-        calls = [0]
-
-        def forward(ids):
-            phase = "prefill" if calls[0] == 0 else "decode"
-            calls[0] += 1
-            return self.forward(ids, request, phase, logits=False)
-
-        try:
-            return greedy_decode(forward, prompt_ids, max_new_tokens, stop_ids)
-        finally:
-            if free and not self.runtime._stopped:
-                try:
-                    self.runtime.free(request)
-                except E2LLMError:
-                    pass
 
 
 # Every running cluster is stopped at interpreter exit, whatever happened before.

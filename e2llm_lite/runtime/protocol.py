@@ -4,9 +4,13 @@ Every message is a fixed-layout int64 **header** of ``HEADER_LEN`` numbers, opti
 by one **payload** tensor whose dtype and shape the header states. Nothing is pickled: a worker
 only ever receives plain numbers and arrays, so it is safe to listen on a network.
 
-Header fields (int64): ``op, src, request, a, b, c, d, dtype, ndim, shape[0..5]``. The meaning
-of ``a..d`` depends on the op (see the ``Op`` docs). Text (error messages) travels as a uint8
-payload.
+Header fields (int64): ``op, src, request, a, b, c, d, e, t, dtype, ndim, shape[0..6]``. The
+meaning of ``a..d`` depends on the op (see the ``Op`` docs); ``e`` is the id of the asynchronous
+operation a message belongs to (0: none; a forward's is its request); ``t`` is when the message is
+to be **delivered**, in microseconds of the driver's ``time.monotonic`` clock (0: on arrival) — an
+emulated link stamps it and the receiver holds the message until then (:class:`Postbox`), so the
+real transport's time is inside the emulated delay, not added to it. Text (error messages)
+travels as a uint8 payload.
 
 Point-to-point gloo work on the CPU completes only inside ``wait()``, and ``wait(timeout)``
 breaks the connection when it expires, so a receiver blocks in ``wait()`` on a background thread
@@ -17,7 +21,10 @@ from __future__ import annotations
 
 import datetime
 import enum
+import heapq
+import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +40,7 @@ STATS_COLS = ("compute_s", "sleep_s", "steps", "overruns", "bytes_sent", "bytes_
               "peak_bytes", "weight_bytes", "kv_bytes", "kv_bytes_real", "link_s", "dilation",
               "weights_loaded")
 
-HEADER_LEN = 16
+HEADER_LEN = 18
 MAX_DIMS = 7
 TAG = 0
 
@@ -62,7 +69,9 @@ class Op(enum.IntEnum):
                     # [measured prefill ms, measured decode ms, prefill factor, decode factor]
     BATCH = 15     # ->worker  request=batch id; payload int64 [B] request ids of the next FWD with
                    # c=1 (a batched decode step: ids [B, 1] or hidden [B, 1, 576]; its RESULT has
-                   # c=1 and an int64 [B] payload of greedy tokens)
+                   # c=1 and an int64 [B] payload of greedy tokens, or b=1: float32 [B, vocab] logits)
+    STEP = 16      # worker->driver  one timed step of operation ``request``: a=start b=end (us,
+                   # driver clock) c=bytes sent on d=phase (0 prefill, 1 decode) e=1 if it overran
 
 
 class ErrorKind(enum.IntEnum):
@@ -80,7 +89,10 @@ class Message:
     b: int = 0
     c: int = 0
     d: int = 0
+    e: int = 0
+    t: int = 0
     payload: torch.Tensor | None = None
+    arrived: float = 0.0    # set by the receiving side: when it was delivered (monotonic s)
 
     @property
     def text(self) -> str:
@@ -130,22 +142,33 @@ def make_group(rank: int, world: int, timeout_s: float, *, store_file: str | Non
     raise ConnectionError(failure)
 
 
+def as_payload(payload) -> torch.Tensor | None:
+    """A payload as the contiguous tensor that travels (None stays None)."""
+    if payload is None:
+        return None
+    return torch.as_tensor(np.ascontiguousarray(payload) if isinstance(payload, np.ndarray)
+                           else payload).contiguous()
+
+
+def message_bytes(payload) -> int:
+    """Bytes a message puts on the wire: the header + its payload's data."""
+    return HEADER_LEN * 8 + (0 if payload is None else payload.numel() * payload.element_size())
+
+
 def send(pg, dst: int, op: Op, src: int, request: int = 0, a: int = 0, b: int = 0, c: int = 0,
-         d: int = 0, payload=None, timeout_s: float | None = None) -> int:
+         d: int = 0, e: int = 0, t: int = 0, payload=None, timeout_s: float | None = None) -> int:
     """Send one message; returns the bytes put on the wire (header + payload). ``timeout_s``
     bounds the wait for the send to complete (default: the group's timeout)."""
     wait = () if timeout_s is None else (datetime.timedelta(seconds=timeout_s),)
     header = torch.zeros(HEADER_LEN, dtype=torch.int64)
-    header[:7] = torch.tensor([int(op), src, request, a, b, c, d])
-    tensor = None
-    if payload is not None:
-        tensor = torch.as_tensor(np.ascontiguousarray(payload) if isinstance(payload, np.ndarray)
-                                 else payload).contiguous()
+    header[:9] = torch.tensor([int(op), src, request, a, b, c, d, e, t])
+    tensor = as_payload(payload)
+    if tensor is not None:
         if tensor.dim() > MAX_DIMS:
             raise ValueError(f"payload has {tensor.dim()} dims, at most {MAX_DIMS} travel")
-        header[7] = _CODES[tensor.dtype]
-        header[8] = tensor.dim()
-        header[9:9 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+        header[9] = _CODES[tensor.dtype]
+        header[10] = tensor.dim()
+        header[11:11 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
     pg.send([header], dst, TAG).wait(*wait)
     nbytes = header.numel() * 8
     if tensor is not None:
@@ -172,14 +195,14 @@ def check_header(h: list[int], world: int | None = None) -> tuple[Op, torch.dtyp
         raise BadMessage(f"unknown op {h[0]} from rank {h[1]}") from None
     if h[1] < 0 or (world is not None and h[1] >= world):
         raise BadMessage(f"{op.name} names sender rank {h[1]}, outside the group of {world}")
-    if h[7] not in _DTYPES:
-        raise BadMessage(f"{op.name} from rank {h[1]}: unknown payload dtype code {h[7]}")
-    dtype = _DTYPES[h[7]]
+    if h[9] not in _DTYPES:
+        raise BadMessage(f"{op.name} from rank {h[1]}: unknown payload dtype code {h[9]}")
+    dtype = _DTYPES[h[9]]
     if dtype is None:
         return op, None, []
-    if not 0 <= h[8] <= MAX_DIMS:
-        raise BadMessage(f"{op.name} from rank {h[1]}: payload with {h[8]} dims (at most {MAX_DIMS})")
-    shape = h[9:9 + h[8]]
+    if not 0 <= h[10] <= MAX_DIMS:
+        raise BadMessage(f"{op.name} from rank {h[1]}: payload with {h[10]} dims (at most {MAX_DIMS})")
+    shape = h[11:11 + h[10]]
     elements = 1
     for n in shape:
         if n < 0:
@@ -203,17 +226,96 @@ def recv(pg, world: int | None = None) -> Message:
     if dtype is not None:
         payload = torch.empty(shape, dtype=dtype)
         pg.recv([payload], h[1], TAG).wait()
-    return Message(op, *h[1:7], payload=payload)
+    return Message(op, *h[1:9], payload=payload)
+
+
+class Postbox:
+    """Messages held until their delivery time, then handed out in that order (ties: the order
+    they were put in). Thread-safe. Times are ``time.monotonic()`` seconds of this process; an
+    item due at 0 (or in the past) is due on arrival, behind what is already due."""
+
+    def __init__(self):
+        self._heap: list = []
+        self._seq = 0
+        self._cv = threading.Condition()
+
+    def put(self, item, at: float = 0.0) -> None:
+        with self._cv:
+            heapq.heappush(self._heap, (max(at, time.monotonic()), self._seq, item))
+            self._seq += 1
+            self._cv.notify()
+
+    def get(self, timeout_s: float):
+        """The next due item; ``queue.Empty`` if none is due within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while True:
+                now = time.monotonic()
+                if self._heap and self._heap[0][0] <= now:
+                    return heapq.heappop(self._heap)[2]
+                if now >= deadline:
+                    raise queue.Empty
+                wake = min(deadline, self._heap[0][0]) if self._heap else deadline
+                self._cv.wait(wake - now)
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._heap)
+
+
+class Outbox:
+    """Sends messages from ``src`` without waiting: one sender thread per destination keeps that
+    destination's messages in order (a header and its payload together), so the caller goes on at
+    once — a gloo send waits until the peer takes the message. A failed send (the peer died, the
+    group is shutting down) ends that destination's thread; whoever waits for a reply notices."""
+
+    def __init__(self, pg, src: int):
+        self.pg, self.src = pg, src
+        self.bytes_sent = 0
+        self._boxes: dict[int, queue.Queue] = {}
+        self._threads: dict[int, threading.Thread] = {}
+
+    def put(self, dst: int, op: Op, **kw) -> None:
+        if dst not in self._boxes:
+            self._boxes[dst] = queue.Queue()
+            self._threads[dst] = threading.Thread(target=self._run, args=(dst, self._boxes[dst]),
+                                                  name=f"e2llm-send-{dst}", daemon=True)
+            self._threads[dst].start()
+        self._boxes[dst].put((op, kw))
+
+    def _run(self, dst: int, box: queue.Queue) -> None:
+        while True:
+            item = box.get()
+            if item is None:
+                return
+            op, kw = item
+            try:
+                self.bytes_sent += send(self.pg, dst, op, self.src, **kw)
+            except Exception:
+                return
+            if op == Op.STOP:
+                return
+
+    def close(self, timeout_s: float) -> None:
+        """Let every thread send what is queued, for at most ``timeout_s`` in all: a gloo call
+        cut off mid-send by the group's shutdown aborts the whole process."""
+        for box in self._boxes.values():
+            box.put(None)
+        end = time.monotonic() + timeout_s
+        for t in self._threads.values():
+            t.join(max(0.0, end - time.monotonic()))
 
 
 class Receiver:
-    """Receives messages from any rank on a daemon thread and hands each to ``deliver`` (the
-    driver's :class:`~e2llm_lite.runtime.dispatch.Dispatcher`). If the connection breaks (a peer
-    died), the thread keeps the exception in ``error`` and delivers None."""
+    """Receives messages from any rank on a daemon thread and puts each into ``postbox`` at its
+    delivery time (header ``t`` converted by ``local_time``: driver-clock us -> this process's
+    monotonic s). If the connection breaks (a peer died) or a header is malformed, the thread
+    keeps the exception in ``error`` and puts ``on_error(exception)`` (due at once)."""
 
-    def __init__(self, pg, deliver):
-        self.pg = pg
-        self.deliver = deliver
+    def __init__(self, pg, postbox: Postbox, local_time=lambda us: us / 1e6, on_error=lambda e: None,
+                 world: int | None = None, stop_on_first_stop: bool = True):
+        self.pg, self.postbox, self.local_time = pg, postbox, local_time
+        self.on_error, self.world, self.stop_on_first_stop = on_error, world, stop_on_first_stop
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="e2llm-receiver", daemon=True)
         self.thread.start()
@@ -221,10 +323,10 @@ class Receiver:
     def _run(self) -> None:
         try:
             while True:
-                msg = recv(self.pg)
-                self.deliver(msg)
-                if msg.op == Op.STOP:
+                msg = recv(self.pg, self.world)
+                self.postbox.put(msg, self.local_time(msg.t) if msg.t else 0.0)
+                if msg.op == Op.STOP and self.stop_on_first_stop:
                     return
-        except BaseException as e:  # connection closed, process group shut down
+        except BaseException as e:  # connection closed, process group shut down, bad header
             self.error = e
-            self.deliver(None)
+            self.postbox.put(self.on_error(e))

@@ -38,6 +38,7 @@ if __name__ == "__main__" and "--local" in sys.argv:
     _guard_local_worker(sys.argv)
 
 import math  # noqa: E402
+import queue  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -51,8 +52,8 @@ from ..errors import DeviceOOM  # noqa: E402
 from ..memory import MemoryLedger  # noqa: E402
 from ..stage import Stage  # noqa: E402
 from .limits import CONNECT_TIMEOUT_S  # noqa: E402
-from .protocol import (TRACE_COLS, BadMessage, ErrorKind, Message, Op, make_group,  # noqa: E402
-                       recv, send, text_payload)
+from .protocol import (TRACE_COLS, BadMessage, ErrorKind, Message, Op, Outbox,  # noqa: E402
+                       Postbox, Receiver, as_payload, make_group, message_bytes, text_payload)
 from .throttle import Throttle  # noqa: E402
 
 PHASES = ("prefill", "decode")
@@ -80,27 +81,57 @@ class Worker:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.link_s = 0.0
+        self.link_free: dict[int, float] = {}     # rank -> when its link finishes what is booked
+        self.clock_offset = 0.0                   # the driver's monotonic clock - ours (s)
+        self.inbox = Postbox()
+        self.outbox = Outbox(self.pg, rank)
 
     # ---- plumbing ------------------------------------------------------------------------------
-    def send(self, dst: int, op: Op, **kw) -> None:
-        self.bytes_sent += send(self.pg, dst, op, self.rank, **kw)
+    def post(self, dst: int, op: Op, link: int | None = None, **kw) -> None:
+        """Queue a message for rank ``dst`` and return at once (one sender thread per destination
+        keeps its messages in order; this thread goes on computing).
 
-    def reply_error(self, request: int, exc: BaseException, op: int = 0) -> None:
-        """Report a failed ``op`` (0: none) for ``request`` to the driver."""
-        kind = (ErrorKind.DEVICE_OOM if isinstance(exc, DeviceOOM)
-                else ErrorKind.VALUE if isinstance(exc, (ValueError, KeyError)) else ErrorKind.OTHER)
-        text = str(exc) if isinstance(exc, (DeviceOOM, ValueError)) else f"{type(exc).__name__}: {exc}"
-        self.send(0, Op.ERROR, request=request, a=int(kind), b=int(op), payload=text_payload(text))
+        ``link``: the rank whose emulated link the message travels over (default: none, it is
+        due on arrival). The link is booked now: the message leaves once the link has finished
+        the messages before it (its bandwidth is shared), occupies it for ``bytes / bandwidth``
+        and is delivered ``latency`` after that; the receiver holds it until then (header ``t``),
+        so the real transport is inside the emulated delay."""
+        payload = as_payload(kw.pop("payload", None))
+        nbytes = message_bytes(payload)
+        self.bytes_sent += nbytes
+        at = 0.0 if link is None else self.book_link(link, nbytes)
+        t = int(round((at + self.clock_offset) * 1e6)) if at else 0
+        self.outbox.put(dst, op, t=t, payload=payload, **kw)
 
-    def link_delay(self, dst: int, nbytes: int) -> float:
-        """Sleep the emulated link's delay to ``dst`` for ``nbytes``; returns device seconds."""
+    def flush(self, timeout_s: float = 2.0) -> None:
+        """Let the sender threads send what is queued (bounded) before the process ends."""
+        self.outbox.close(timeout_s)
+
+    def book_link(self, dst: int, nbytes: int) -> float:
+        """Book the emulated link to rank ``dst`` for ``nbytes`` now; returns when the message is
+        delivered (this process's monotonic s; 0: no emulated link) and counts its device time."""
         bw, lat = self.links[dst]
         if dst == self.rank or (bw <= 0 and lat <= 0):
             return 0.0
-        seconds = transfer_ms(nbytes, lat, bw if bw > 0 else math.inf) / 1e3
-        self.throttle.delay(seconds)
+        bw = bw if bw > 0 else math.inf
+        D = self.throttle.dilation
+        start = max(time.monotonic(), self.link_free.get(dst, 0.0))
+        self.link_free[dst] = start + D * transfer_ms(nbytes, 0.0, bw) / 1e3   # on the wire
+        seconds = transfer_ms(nbytes, lat, bw) / 1e3
         self.link_s += seconds
-        return seconds
+        return start + D * seconds
+
+    def reply_error(self, request: int, exc: BaseException, op: int = 0, opid: int = 0) -> None:
+        """Report a failed ``op`` (0: none) of operation ``opid`` for ``request`` to the driver."""
+        kind = (ErrorKind.DEVICE_OOM if isinstance(exc, DeviceOOM)
+                else ErrorKind.VALUE if isinstance(exc, (ValueError, KeyError)) else ErrorKind.OTHER)
+        text = str(exc) if isinstance(exc, (DeviceOOM, ValueError)) else f"{type(exc).__name__}: {exc}"
+        self.post(0, Op.ERROR, request=request, a=int(kind), b=int(op), e=opid,
+                  payload=text_payload(text))
+
+    def driver_us(self, local_s: float) -> int:
+        """This process's monotonic time (s) on the driver's clock (us)."""
+        return int(round((local_s + self.clock_offset) * 1e6))
 
     def watch_driver(self) -> None:
         """Exit the process once the driver's rendezvous store stops answering (checked every 1 s)."""
@@ -120,19 +151,28 @@ class Worker:
             time.sleep(0.5)
 
     def serve(self) -> None:
-        """Receive on this thread (no hand-off between threads on the hot path) until STOP."""
+        """Serve messages in delivery order until STOP. A receiver thread takes them off the
+        wire at once (a sender never waits for this worker to finish a step) and holds each one
+        until its delivery time; this thread computes."""
         if self.parent is None:  # a multi-host worker: watch the driver's store
             threading.Thread(target=self.watch_driver, name="e2llm-watchdog", daemon=True).start()
+        Receiver(self.pg, self.inbox, local_time=lambda us: us / 1e6 - self.clock_offset,
+                 on_error=lambda e: e, world=self.world)
         while True:
             try:
-                msg = recv(self.pg, self.world)
-            except BadMessage as e:  # the stream cannot be trusted any more: report and stop
-                self.reply_error(-1, e)
-                raise
+                msg = self.inbox.get(1.0)
+            except queue.Empty:
+                continue
+            if isinstance(msg, BaseException):
+                if isinstance(msg, BadMessage):  # the stream cannot be trusted any more
+                    self.reply_error(-1, msg)
+                    self.flush(1.0)
+                raise msg
             if msg.payload is not None:
                 self.bytes_received += msg.payload.numel() * msg.payload.element_size()
             if msg.op == Op.STOP:
-                self.send(0, Op.STOP)  # lets the driver's receiver thread end before shutdown
+                self.post(0, Op.STOP)  # lets the driver's receiver thread end before shutdown
+                self.flush()
                 return
             try:
                 handler = getattr(self, f"on_{msg.op.name.lower()}", None)
@@ -140,17 +180,22 @@ class Worker:
                     raise ValueError(f"device {self.name!r} does not take {msg.op.name} messages")
                 handler(msg)
             except Exception as e:  # report, keep serving
-                self.reply_error(msg.request, e, msg.op)
+                self.reply_error(msg.request, e, msg.op, msg.e)
 
     # ---- handlers ------------------------------------------------------------------------------
     def on_setup(self, m: Message) -> None:
+        """``a``: the dilation (micro-units); ``b``: the driver's clock (us) when it sent this;
+        ``c``: 1 if the driver shares this host's monotonic clock (spawned workers), else the
+        offset is taken from ``b`` (off by the one-way transport time, well under a ms on a LAN)."""
         self.name = m.text
         self.throttle = Throttle(dilation=m.a / 1e6)
-        self.send(0, Op.ACK, a=int(Op.SETUP))
+        self.clock_offset = 0.0 if m.c else m.b / 1e6 - time.monotonic()
+        self.post(0, Op.ACK, a=int(Op.SETUP))
 
     def on_links(self, m: Message) -> None:
         self.links = m.payload.numpy().reshape(self.world, 2).copy()
-        self.send(0, Op.ACK, a=int(Op.LINKS))
+        self.link_free.clear()
+        self.post(0, Op.ACK, a=int(Op.LINKS))
 
     def on_load(self, m: Message) -> None:
         prefill_speed, decode_speed, budget = m.payload.tolist()
@@ -162,7 +207,7 @@ class Worker:
         self.host_factor = (1.0, 1.0)
         self.next_rank, self.home_rank = m.c, m.d
         self._warm_up()
-        self.send(0, Op.ACK, a=int(Op.LOAD), b=self.stage.weight_bytes)
+        self.post(0, Op.ACK, a=int(Op.LOAD), b=self.stage.weight_bytes)
 
     def _probe_input(self, tokens: int) -> torch.Tensor:
         """A ``tokens``-long input for this stage: token ids on the first stage, else hidden states."""
@@ -203,7 +248,7 @@ class Worker:
             self.stage.free(rid)
         measured = [float(np.median(t)) for t in times]
         self.host_factor = (measured[0] / predicted[0], measured[1] / predicted[1])
-        self.send(0, Op.ACK, a=int(Op.CALIBRATE),
+        self.post(0, Op.ACK, a=int(Op.CALIBRATE),
                   payload=torch.tensor([*measured, *self.host_factor], dtype=torch.float64))
 
     def on_batch(self, m: Message) -> None:
@@ -215,7 +260,6 @@ class Worker:
             raise ValueError(f"device {self.name!r} has no layers loaded")
         if m.c:
             return self._fwd_batch(m)
-        phase = PHASES[m.d]
         tokens = m.a
         self.account.reserve(m.request, tokens)
         x = m.payload
@@ -225,18 +269,14 @@ class Worker:
         except BaseException:
             self.account.release(m.request, tokens)
             raise
-        last = self.throttle.last
         if self.stage.last:
             logits = out[0, -1]
-            link = self.link_delay(self.home_rank, 8)      # the token id travels to the first stage
-            self._record(m, phase, tokens, last, link)
-            self.send(0, Op.RESULT, request=m.request, a=int(logits.argmax()),
-                      payload=logits if m.b else None)
+            # the token id (or the logits) travels back over the link to the first stage
+            self._forward(m, m.d, tokens, 0, Op.RESULT, dict(request=m.request, a=int(logits.argmax()),
+                                                              payload=logits if m.b else None))
         else:
-            h = out.contiguous()
-            link = self.link_delay(self.next_rank, h.numel() * h.element_size())
-            self._record(m, phase, tokens, last, link)
-            self.send(self.next_rank, Op.FWD, request=m.request, a=tokens, b=m.b, d=m.d, payload=h)
+            self._forward(m, m.d, tokens, self.next_rank, Op.FWD,
+                          dict(request=m.request, a=tokens, b=m.b, d=m.d, payload=out.contiguous()))
 
     def _fwd_batch(self, m: Message) -> None:
         """A batched decode step for the requests of BATCH ``m.request``: all their KV and the
@@ -253,35 +293,46 @@ class Worker:
             for r in ids:
                 self.account.release(r, 1)
             raise
-        last = self.throttle.last
         if self.stage.last:
-            tokens = out[:, -1].argmax(-1).to(torch.int64)
-            link = self.link_delay(self.home_rank, 8 * len(ids))
-            self._record(m, "decode", len(ids), last, link)
-            self.send(0, Op.RESULT, request=m.request, c=1, payload=tokens)
+            logits = out[:, -1]
+            payload = logits.contiguous() if m.b else logits.argmax(-1).to(torch.int64)
+            self._forward(m, 1, len(ids), 0, Op.RESULT, dict(request=m.request, b=m.b, c=1,
+                                                              payload=payload))
         else:
-            h = out.contiguous()
-            link = self.link_delay(self.next_rank, h.numel() * h.element_size())
-            self._record(m, "decode", len(ids), last, link)
-            self.send(self.next_rank, Op.BATCH, request=m.request,
+            self.post(self.next_rank, Op.BATCH, request=m.request,
                       payload=torch.tensor(ids, dtype=torch.int64))
-            self.send(self.next_rank, Op.FWD, request=m.request, a=len(ids), c=1, d=1, payload=h)
+            self._forward(m, 1, len(ids), self.next_rank, Op.FWD,
+                          dict(request=m.request, a=len(ids), b=m.b, c=1, d=1, payload=out.contiguous()))
 
-    def _record(self, m: Message, phase: str, tokens: int, last: dict, link_s: float) -> None:
-        self.trace.append([m.request, PHASES.index(phase), tokens, last["start"], last["end"],
-                           last["cpu_s"], last["target_s"], float(last["overrun"]), link_s])
+    def _forward(self, m: Message, phase: int, tokens: int, dst: int, op: Op, kw: dict) -> None:
+        """After a timed step of operation ``m``: report it (STEP, to the driver, before the
+        result can get there) and send its output to ``dst`` (the next stage, or 0: the driver,
+        standing next to the first stage) over the emulated link."""
+        last = self.throttle.last
+        payload = as_payload(kw.pop("payload", None))
+        self.post(0, Op.STEP, request=m.request, a=self.driver_us(last["start"]),
+                  b=self.driver_us(last["end"]), c=message_bytes(payload), d=phase,
+                  e=int(last["overrun"]))
+        link_before = self.link_s
+        self.post(dst, op, link=self.home_rank if dst == 0 else dst, e=m.e, payload=payload, **kw)
+        self.trace.append([m.request, phase, tokens, last["start"], last["end"], last["cpu_s"],
+                           last["target_s"], float(last["overrun"]), self.link_s - link_before])
 
     def on_kv_send(self, m: Message) -> None:
+        """Export layers [a, b) of the request's KV and send them to rank ``c`` over our link
+        to it (this thread goes on at once)."""
+        if self.stage is None:
+            raise ValueError(f"device {self.name!r} has no layers loaded")
         kv, pos = self.stage.export_kv(m.request, m.a, m.b)
-        self.link_delay(m.c, kv.nbytes)
-        self.send(m.c, Op.KV_PUT, request=m.request, a=m.a, b=m.b, c=pos, payload=kv)
+        self.post(m.c, Op.KV_PUT, link=m.c, request=m.request, a=m.a, b=m.b, c=pos, e=m.e,
+                  payload=kv)
 
     def on_kv_put(self, m: Message) -> None:
         if self.stage is None:
             raise ValueError(f"device {self.name!r} has no layers loaded")
         self.account.reserve_import(m.request, m.b - m.a, m.c)
         self.stage.import_kv(m.request, m.payload.numpy(), m.c, start=m.a)
-        self.send(0, Op.ACK, request=m.request, a=int(Op.KV_PUT), b=m.a, c=m.b, d=m.c)
+        self.post(0, Op.ACK, request=m.request, a=int(Op.KV_PUT), b=m.a, c=m.b, d=m.c, e=m.e)
 
     def on_free(self, m: Message) -> None:
         rid = None if m.request == -1 else m.request
@@ -293,9 +344,10 @@ class Worker:
             self.throttle = Throttle(dilation=self.throttle.dilation)
             self.bytes_sent = self.bytes_received = 0
             self.link_s = 0.0
+            self.link_free.clear()
             if self.account:
                 self.account.peak_bytes = self.account.used_bytes
-        self.send(0, Op.ACK, request=m.request, a=int(Op.FREE))
+        self.post(0, Op.ACK, request=m.request, a=int(Op.FREE), e=m.e)
 
     def on_stats(self, m: Message) -> None:
         t, acc = self.throttle, self.account
@@ -303,11 +355,11 @@ class Worker:
                acc.peak_bytes if acc else 0, acc.weight_bytes if acc else 0,
                acc.kv_bytes if acc else 0, self.stage.kv_bytes() if self.stage else 0,
                self.link_s, t.dilation, float(self.stage is not None)]
-        self.send(0, Op.ACK, a=int(Op.STATS), payload=torch.tensor(row, dtype=torch.float64))
+        self.post(0, Op.ACK, a=int(Op.STATS), payload=torch.tensor(row, dtype=torch.float64))
 
     def on_trace(self, m: Message) -> None:
         rows = torch.tensor(self.trace, dtype=torch.float64).reshape(-1, len(TRACE_COLS))
-        self.send(0, Op.ACK, a=int(Op.TRACE), payload=rows)
+        self.post(0, Op.ACK, a=int(Op.TRACE), payload=rows)
 
 
 def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int | None = 29500,
