@@ -23,9 +23,10 @@ import time
 import numpy as np
 import torch
 
-from e2llm_lite.devices import Cluster
-from e2llm_lite.model import chat_ids, checkpoint_dir, load_tokenizer
+from e2llm_lite.devices import Cluster, transfer_ms
+from e2llm_lite.model import ANATOMY, chat_ids, checkpoint_dir, load_tokenizer
 from e2llm_lite.runtime.driver import EmulatedCluster
+from e2llm_lite.runtime.protocol import message_bytes
 from e2llm_lite.stage import load_stages
 
 SPEEDS = [1.0, 0.5, 0.25]
@@ -109,7 +110,8 @@ def main() -> None:
     gaps, want = [], []
     for a, b in zip(d1, d2):
         gaps.append(b["start_ms"] - a["end_ms"])
-        want.append(SLOW["latency_ms"] + b["tokens"] * 576 * 4 * 8 / (SLOW["bandwidth_mbps"] * 1e6) * 1e3)
+        nbytes = message_bytes(torch.empty(b["tokens"], ANATOMY.hidden))   # the hidden state sent
+        want.append(transfer_ms(nbytes, SLOW["latency_ms"], SLOW["bandwidth_mbps"]))
     e_l = [rel(g, w) for g, w in zip(gaps, want)]
     print(f"slow link dev1->dev2 ({SLOW['bandwidth_mbps']:g} Mbit/s, {SLOW['latency_ms']:g} ms): "
           f"prefill gap {gaps[0]:.2f} ms vs {want[0]:.2f} ms; decode gaps median {np.median(gaps[1:]):.2f} ms "

@@ -160,3 +160,35 @@ def test_an_asynchronous_kv_handoff_runs_beside_decode_steps(haiku_ids, referenc
         (c,) = rt.poll(30)
         assert c.ok and c.request == free and c.kind == "free"
         assert rt.stats()["dev0"]["kv_bytes"] == 0
+
+
+def test_pipelined_prefills_do_not_overrun_with_the_dilation_for_every_device(haiku_ids):
+    """The trap: three prefills pipelined through three devices at the dilation picked for one
+    worker computing at a time overran 7 of 9 steps. ``concurrency='all'`` picks the dilation
+    for every device computing at once: no overrun, and the dilation is the formula's."""
+    from e2llm_lite.devices import default_cluster
+    from e2llm_lite.runtime.throttle import auto_dilation
+
+    cluster = default_cluster(3)
+    with EmulatedCluster(cluster, concurrency="all") as rt:
+        assert rt.dilation == auto_dilation(1.0, 3, 2)
+        pipe = rt.pipeline([(cluster.names[0], 0, 10), (cluster.names[1], 10, 20),
+                            (cluster.names[2], 20, 30)])
+        for rnd in range(2):
+            for r in range(3):
+                pipe.submit(haiku_ids * 2, 10 * rnd + r)
+            while rt.outstanding:
+                assert all(c.ok for c in rt.poll(60))
+            rt.free()
+        steps = {n: int(s["steps"]) for n, s in rt.stats().items()}
+        overruns = {n: int(s["overruns"]) for n, s in rt.stats().items()}
+    assert min(steps.values()) >= 6 and sum(overruns.values()) == 0, overruns
+
+
+def test_bad_concurrency_is_refused():
+    from e2llm_lite.devices import default_cluster
+
+    for bad in (0, -1, "some", 1.5, True):
+        with pytest.raises(ValueError, match="concurrency"):
+            EmulatedCluster(default_cluster(2), concurrency=bad)
+    assert EmulatedCluster(default_cluster(3), concurrency="all").concurrency == 3

@@ -67,3 +67,36 @@ def test_forward_batch_refuses_what_it_cannot_do(loaded):
     with pytest.raises(ValueError, match=r"\[1, 1\]"):
         stages[0].forward_batch(torch.tensor([[5, 6]]), [0])
     assert stages[0].position(0) == 3   # nothing half-done
+
+
+def test_kv_written_in_place_survives_growth_export_and_single_steps(folder):
+    """Batched steps write each token into spare room behind the cache (no copy of the whole
+    cache per step); across the room's regrowth (> KV_ROOM_MIN steps), single-request steps in
+    between and a KV export/import, the hidden states equal those of one-at-a-time steps."""
+    from e2llm_lite.stage import KV_ROOM_MIN, Stage
+
+    stage = Stage.load(3, 5, folder)
+    g = torch.Generator().manual_seed(7)
+    ctx = {1: 5, 2: 40}
+    for r, c in ctx.items():
+        x = torch.randn(1, c, 576, generator=g)
+        stage(x, request_id=r)
+        stage(x, request_id=10 + r)
+    for step in range(KV_ROOM_MIN + 20):
+        x = torch.randn(2, 1, 576, generator=g)
+        if step % 25 == 7:   # a single step of request 1 between batches (DynamicLayer.update)
+            got = stage(x[:1], request_id=1)
+            want = stage(x[:1], request_id=11)
+            assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
+            continue
+        got = stage.forward_batch(x, [1, 2])
+        for i, r in enumerate((1, 2)):
+            assert torch.allclose(got[i:i + 1], stage(x[i:i + 1], request_id=10 + r), atol=1e-4, rtol=1e-5)
+    kv, pos = stage.export_kv(2)
+    assert pos == stage.position(12) and kv.shape[3] == pos
+    assert stage.kv_bytes(2) == stage.kv_bytes(12)   # counts the tokens held, not the spare room
+    stage.free(2)
+    stage.import_kv(2, kv, pos)
+    x = torch.randn(2, 1, 576, generator=g)
+    got = stage.forward_batch(x, [1, 2])
+    assert torch.allclose(got[1:], stage(x[1:], request_id=12), atol=1e-4, rtol=1e-5)

@@ -350,7 +350,8 @@ class EmulatedCluster:
                 dead = self._dead()
                 if dead is not None:
                     return self._fail_outstanding(dead)
-                if time.monotonic() >= deadline:
+                out += self._overdue()
+                if out or time.monotonic() >= deadline:
                     return out
                 continue
             while True:
@@ -365,6 +366,12 @@ class EmulatedCluster:
                 except queue.Empty:
                     break
         return out
+
+    def _overdue(self) -> list[Completion]:
+        done = self.ops.overdue()
+        for c in done:
+            self.dispatch.done(c.request)
+        return done
 
     def _collect(self, msg) -> Completion | None:
         opid = msg.e or msg.request

@@ -80,6 +80,9 @@ class _Op:
     bytes: int = 0
     overruns: int = 0
     acks: int = 0
+    stages: int = 0            # STEP reports to expect (a forward or batch: its pipeline's stages)
+    result: Message | None = None   # a RESULT back before every STEP report: held (see collect)
+    held_since: float = 0.0
 
 
 class Operations:
@@ -94,10 +97,14 @@ class Operations:
         self.device_name, self.device_s, self.error_of = device_name, device_s, error_of
         self.ops: dict[int, _Op] = {}
 
+    #: How long a RESULT waits for STEP reports still on their way (wall s): each device sends its
+    #: report before its output, but reports from different devices travel separately.
+    HOLD_S = 1.0
+
     def add(self, opid: int, kind: str, pipeline: str, requests, *, logits: bool = False,
-            expect: int = 0) -> None:
+            expect: int = 0, stages: int = 0) -> None:
         self.ops[opid] = _Op(kind, pipeline, tuple(int(r) for r in requests), logits, expect,
-                             self.device_s(time.monotonic() * 1e6))
+                             self.device_s(time.monotonic() * 1e6), stages=stages)
 
     def __contains__(self, opid: int) -> bool:
         return opid in self.ops
@@ -111,6 +118,8 @@ class Operations:
             op.steps[self.device_name(msg.src)] = (self.device_s(msg.a), self.device_s(msg.b))
             op.bytes += msg.c
             op.overruns += msg.e
+            if op.result is not None and len(op.steps) >= op.stages:
+                return self._result(opid, op, op.result)
             return None
         arrived = self.device_s((msg.arrived or time.monotonic()) * 1e6)
         if msg.op == Op.ERROR:
@@ -121,16 +130,30 @@ class Operations:
                 op.bytes += (msg.c - msg.b) * msg.d * ANATOMY.kv_bytes_per_token_layer
             return self._end(opid, arrived) if op.acks >= op.expect else None
         if msg.op == Op.RESULT:
-            if msg.c:   # a batched decode step
-                if msg.b:
-                    logits = msg.payload.reshape(len(op.requests), 1, -1)
-                    tokens = logits[:, 0].argmax(-1).tolist()
-                else:
-                    logits, tokens = None, msg.payload.tolist()
-                return self._end(opid, arrived, tokens=dict(zip(op.requests, tokens)), logits=logits)
-            return self._end(opid, arrived, token=msg.a,
-                             logits=msg.payload.reshape(1, 1, -1) if op.logits else None)
+            if len(op.steps) < op.stages:   # a device's report is still on its way: hold it
+                op.result, op.held_since = msg, time.monotonic()
+                return None
+            return self._result(opid, op, msg)
         return None
+
+    def overdue(self) -> list[Completion]:
+        """Held results whose missing STEP reports did not come within HOLD_S: ended without
+        them (their ``devices`` then lack those devices)."""
+        now = time.monotonic()
+        return [self._result(opid, op, op.result) for opid, op in list(self.ops.items())
+                if op.result is not None and now - op.held_since > self.HOLD_S]
+
+    def _result(self, opid: int, op: _Op, msg: Message) -> Completion:
+        arrived = self.device_s((msg.arrived or time.monotonic()) * 1e6)
+        if msg.c:   # a batched decode step
+            if msg.b:
+                logits = msg.payload.reshape(len(op.requests), 1, -1)
+                tokens = logits[:, 0].argmax(-1).tolist()
+            else:
+                logits, tokens = None, msg.payload.tolist()
+            return self._end(opid, arrived, tokens=dict(zip(op.requests, tokens)), logits=logits)
+        return self._end(opid, arrived, token=msg.a,
+                         logits=msg.payload.reshape(1, 1, -1) if op.logits else None)
 
     def _end(self, opid: int, arrived: float, **kw) -> Completion:
         op = self.ops.pop(opid)

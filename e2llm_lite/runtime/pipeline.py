@@ -63,7 +63,7 @@ class Pipeline:
         One operation per request may be in flight."""
         code = _phase_code(phase)
         rt = self.runtime
-        rt._register(request, phase, self.name, [request], logits=logits)
+        rt._register(request, phase, self.name, [request], logits=logits, stages=len(self.ranks))
         try:
             rt._send(self.ranks[0], Op.FWD, request=request, a=len(ids), b=int(logits), d=code,
                      e=request, payload=torch.tensor([ids], dtype=torch.int64))
@@ -83,7 +83,7 @@ class Pipeline:
         rt = self.runtime
         ids = [int(r) for r in tokens]
         batch = rt._new_op()
-        rt._register(batch, "batch", self.name, ids, logits=logits)
+        rt._register(batch, "batch", self.name, ids, logits=logits, stages=len(self.ranks))
         try:
             rt._send(self.ranks[0], Op.BATCH, request=batch, payload=torch.tensor(ids, dtype=torch.int64))
             rt._send(self.ranks[0], Op.FWD, request=batch, a=len(ids), b=int(logits), c=1, d=1,
