@@ -87,7 +87,8 @@ class Worker:
         self.outbox = Outbox(self.pg, rank)
 
     # ---- plumbing ------------------------------------------------------------------------------
-    def post(self, dst: int, op: Op, link: int | None = None, **kw) -> None:
+    def post(self, dst: int, op: Op, link: int | None = None, since: float | None = None,
+             **kw) -> None:
         """Queue a message for rank ``dst`` and return at once (one sender thread per destination
         keeps its messages in order; this thread goes on computing).
 
@@ -95,11 +96,13 @@ class Worker:
         due on arrival). The link is booked now: the message leaves once the link has finished
         the messages before it (its bandwidth is shared), occupies it for ``bytes / bandwidth``
         and is delivered ``latency`` after that; the receiver holds it until then (header ``t``),
-        so the real transport is inside the emulated delay."""
+        so the real transport is inside the emulated delay. ``since``: when the message was ready
+        (a step's end; default now), so that this process's own bookkeeping after the step is not
+        added to the link's delay."""
         payload = as_payload(kw.pop("payload", None))
         nbytes = message_bytes(payload)
         self.bytes_sent += nbytes
-        at = 0.0 if link is None else self.book_link(link, nbytes)
+        at = 0.0 if link is None else self.book_link(link, nbytes, since)
         t = int(round((at + self.clock_offset) * 1e6)) if at else 0
         self.outbox.put(dst, op, t=t, payload=payload, **kw)
 
@@ -107,15 +110,16 @@ class Worker:
         """Let the sender threads send what is queued (bounded) before the process ends."""
         self.outbox.close(timeout_s)
 
-    def book_link(self, dst: int, nbytes: int) -> float:
-        """Book the emulated link to rank ``dst`` for ``nbytes`` now; returns when the message is
-        delivered (this process's monotonic s; 0: no emulated link) and counts its device time."""
+    def book_link(self, dst: int, nbytes: int, since: float | None = None) -> float:
+        """Book the emulated link to rank ``dst`` for ``nbytes`` from ``since`` (default now;
+        this process's monotonic s); returns when the message is delivered (0: no emulated link)
+        and counts its device time."""
         bw, lat = self.links[dst]
         if dst == self.rank or (bw <= 0 and lat <= 0):
             return 0.0
         bw = bw if bw > 0 else math.inf
         D = self.throttle.dilation
-        start = max(time.monotonic(), self.link_free.get(dst, 0.0))
+        start = max(time.monotonic() if since is None else since, self.link_free.get(dst, 0.0))
         self.link_free[dst] = start + D * transfer_ms(nbytes, 0.0, bw) / 1e3   # on the wire
         seconds = transfer_ms(nbytes, lat, bw) / 1e3
         self.link_s += seconds
@@ -305,16 +309,18 @@ class Worker:
                           dict(request=m.request, a=len(ids), b=m.b, c=1, d=1, payload=out.contiguous()))
 
     def _forward(self, m: Message, phase: int, tokens: int, dst: int, op: Op, kw: dict) -> None:
-        """After a timed step of operation ``m``: report it (STEP, to the driver, before the
-        result can get there) and send its output to ``dst`` (the next stage, or 0: the driver,
-        standing next to the first stage) over the emulated link."""
+        """After a timed step of operation ``m``: send its output to ``dst`` (the next stage, or
+        0: the driver, standing next to the first stage) over the emulated link, then report the
+        step (STEP, to the driver: off the critical path; the driver holds a result until every
+        stage's report is in)."""
         last = self.throttle.last
         payload = as_payload(kw.pop("payload", None))
+        link_before = self.link_s
+        self.post(dst, op, link=self.home_rank if dst == 0 else dst, since=last["end"], e=m.e,
+                  payload=payload, **kw)
         self.post(0, Op.STEP, request=m.request, a=self.driver_us(last["start"]),
                   b=self.driver_us(last["end"]), c=message_bytes(payload), d=phase,
                   e=int(last["overrun"]))
-        link_before = self.link_s
-        self.post(dst, op, link=self.home_rank if dst == 0 else dst, e=m.e, payload=payload, **kw)
         self.trace.append([m.request, phase, tokens, last["start"], last["end"], last["cpu_s"],
                            last["target_s"], float(last["overrun"]), self.link_s - link_before])
 
