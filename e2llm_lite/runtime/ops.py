@@ -117,7 +117,7 @@ class Operations:
         if msg.op == Op.STEP:
             op.steps[self.device_name(msg.src)] = (self.device_s(msg.a), self.device_s(msg.b))
             op.bytes += msg.c
-            op.overruns += msg.e
+            op.overruns += msg.d >> 1
             if op.result is not None and len(op.steps) >= op.stages:
                 return self._result(opid, op, op.result)
             return None

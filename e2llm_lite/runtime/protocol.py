@@ -70,8 +70,8 @@ class Op(enum.IntEnum):
     BATCH = 15     # ->worker  request=batch id; payload int64 [B] request ids of the next FWD with
                    # c=1 (a batched decode step: ids [B, 1] or hidden [B, 1, 576]; its RESULT has
                    # c=1 and an int64 [B] payload of greedy tokens, or b=1: float32 [B, vocab] logits)
-    STEP = 16      # worker->driver  one timed step of operation ``request``: a=start b=end (us,
-                   # driver clock) c=bytes sent on d=phase (0 prefill, 1 decode) e=1 if it overran
+    STEP = 16      # worker->driver  one timed step of operation ``e``: a=start b=end (us, driver
+                   # clock) c=bytes sent on d=phase (0 prefill, 1 decode) + 2 if it overran
 
 
 class ErrorKind(enum.IntEnum):

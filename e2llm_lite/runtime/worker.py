@@ -319,8 +319,8 @@ class Worker:
         self.post(dst, op, link=self.home_rank if dst == 0 else dst, since=last["end"], e=m.e,
                   payload=payload, **kw)
         self.post(0, Op.STEP, request=m.request, a=self.driver_us(last["start"]),
-                  b=self.driver_us(last["end"]), c=message_bytes(payload), d=phase,
-                  e=int(last["overrun"]))
+                  b=self.driver_us(last["end"]), c=message_bytes(payload),
+                  d=phase | int(last["overrun"]) << 1, e=m.e)
         self.trace.append([m.request, phase, tokens, last["start"], last["end"], last["cpu_s"],
                            last["target_s"], float(last["overrun"]), self.link_s - link_before])
 
