@@ -411,6 +411,85 @@ def _serving_requests(args, plan):
 
 
 DEFAULT_SIM_REQUESTS = 1000
+DEFAULT_SERVE_REQUESTS = 20
+
+
+def _scaled(requests, scale: float):
+    """``--prompt-scale``: every request's prompt and output tokens x ``scale`` (at least 1)."""
+    from .traces import Request
+
+    if scale == 1.0:
+        return list(requests)
+    return [Request(r.id, r.arrival_s, max(1, round(r.prompt_tokens * scale)),
+                    max(1, round(r.output_tokens * scale))) for r in requests]
+
+
+def cmd_serve(args) -> dict:
+    """Serve a workload with a plan on the emulated devices (the scheduler on the real runtime)."""
+    import time
+
+    from .costmodel import CostModel
+    from .devices import load_cluster
+    from .model import checkpoint_dir, load_tokenizer
+    from .planning import Plan
+    from .runtime.driver import EmulatedCluster
+    from .serving.emulated import serve_requests
+    from .serving.metrics import format_summary, write_csv
+    from .serving.prompts import prompt_ids
+    from .serving.simulator import simulate_requests
+
+    if not 0 < args.prompt_scale <= 1:
+        raise ValueError(f"--prompt-scale must be in (0, 1], got {args.prompt_scale:g}")
+    plan = Plan.load(args.plan)
+    cluster = load_cluster(args.cluster or plan.cluster)
+    plan = Plan.load(args.plan, cluster)
+    cm = CostModel.load(args.profile) if args.profile else CostModel.load()
+    if args.requests is None and args.duration is None:
+        args.requests = DEFAULT_SERVE_REQUESTS
+    wl, requests = _serving_requests(args, plan)
+    requests = _scaled(requests, args.prompt_scale)
+    tok = load_tokenizer(checkpoint_dir(progress=False))
+    prompts = {r.id: prompt_ids(tok, r.prompt_tokens, r.id) for r in requests}
+    show = not args.json and sys.stderr.isatty()
+    kw = dict(max_batch_tokens=args.max_batch_tokens, stream_kv=args.stream_kv,
+              decode_microbatches=args.decode_microbatches)
+    t0 = time.perf_counter()
+    with EmulatedCluster(cluster, dilation=args.dilation, calibrate=True, costmodel=cm,
+                         concurrency="all") as rt:
+        pipes = rt.load_plan(plan)
+        rt.free(reset_stats=True)
+        result = serve_requests(rt, pipes, plan, cluster, requests, prompts, costmodel=cm,
+                                progress=show, **kw)
+    out = result.metrics()
+    out.update({"plan": str(args.plan), "strategy": plan.strategy, "cluster": cluster.name,
+                "workload": wl.name if hasattr(wl, "name") else str(args.workload),
+                "rate": wl.rate, "prompt_scale": args.prompt_scale, **kw,
+                "events": len(result.events), "dilation": result.dilation,
+                "overruns": result.overruns, "wall_s": round(time.perf_counter() - t0, 3),
+                "texts": {str(r): tok.decode(t) for r, t in sorted(result.tokens.items())[:3]}})
+    if args.with_sim:
+        sim = simulate_requests(plan, cluster, requests, costmodel=cm, **kw)
+        out["sim"] = sim.metrics()
+    if args.requests_out:
+        write_csv(result.records.values(), args.requests_out)
+        out["requests_out"] = str(args.requests_out)
+    if not args.json:
+        print(f"{plan.strategy} plan on {cluster.name!r}, served for real: {len(requests)} requests "
+              f"at {wl.rate:.4g} requests/s, prompt scale {args.prompt_scale:g} ({out['wall_s']:.0f} s "
+              f"wall, dilation {result.dilation:g}, overruns {sum(result.overruns.values())})")
+        print(format_summary(out))
+        if args.with_sim:
+            print("the same requests in the simulator (mean, s):")
+            for m in ("waiting_s", "ttft_s", "tbt_s", "e2e_s"):
+                real, simv = out["summary"][m]["mean"], out["sim"]["summary"][m]["mean"]
+                if real is not None and simv is not None:
+                    diff = f"({real / simv - 1:+.1%})" if simv > 0 else f"({real - simv:+.3g} s)"
+                    print(f"  {m[:-2]:8s} real {real:8.3f}  simulated {simv:8.3f}  {diff}")
+        for r, text in out["texts"].items():
+            print(f"  request {r}: {text!r}")
+        if args.requests_out:
+            print(f"per-request figures written to {args.requests_out}")
+    return out
 
 
 def cmd_simulate(args) -> dict:
@@ -565,6 +644,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = common(sub.add_parser("simulate", help="serve a workload with a plan in virtual time "
                                                  "(the scheduler on the discrete-event simulator)"))
+    _serving_args(sm)
+    sm.set_defaults(func=cmd_simulate)
+
+    sv = common(sub.add_parser("serve", help="serve a workload with a plan for real: the same "
+                                              "scheduler driving the emulated devices"))
+    _serving_args(sv)
+    sv.add_argument("--prompt-scale", type=_positive_float, default=1.0, metavar="X",
+                    help="multiply every request's prompt and output tokens by X (at least 1 "
+                    "each), so that a real run fits minutes (default 1)")
+    sv.add_argument("--with-sim", action="store_true", help="also simulate the very same request "
+                    "stream and print both side by side")
+    sv.add_argument("--dilation", type=_positive_float, help="clock dilation (default: picked for "
+                    "every device computing at once)")
+    sv.set_defaults(func=cmd_serve)
+    return p
+
+
+def _serving_args(sm) -> None:
+    """The flags ``simulate`` and ``serve`` share."""
     sm.add_argument("--plan", required=True, help="a plan.json (from `e2llm-lite plan`)")
     sm.add_argument("--cluster", help="its cluster.json or preset (default: the preset the plan "
                     "names)")
@@ -575,7 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "times multiplied by X (X > 1: slower, for clusters slower than Azure's)")
     sm.add_argument("--duration", type=_positive_float, help="only requests arriving within S s")
     sm.add_argument("--requests", type=_whole(1), help=f"only the first N requests (default for "
-                    f"code/conv: {DEFAULT_SIM_REQUESTS}; a trace: all)")
+                    f"code/conv: {DEFAULT_SIM_REQUESTS} simulated, {DEFAULT_SERVE_REQUESTS} served; "
+                    "a trace: all)")
     sm.add_argument("--seed", type=_whole(0), default=0, help="workload seed (default 0)")
     sm.add_argument("--max-batch-tokens", type=_whole(1), default=2048,
                     help="the iteration token budget of every replica (default 2048, "
@@ -588,8 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the planner assumes)")
     sm.add_argument("--requests-out", metavar="CSV", help="write one row per request")
     sm.add_argument("--profile", help="cost-model profile (default: the shipped reference)")
-    sm.set_defaults(func=cmd_simulate)
-    return p
+
 
 
 _CTRL_C = {"seen": False}

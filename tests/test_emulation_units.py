@@ -35,6 +35,10 @@ def test_auto_dilation_keeps_the_fastest_device_below_the_host():
     assert auto_dilation(0.5) == 1.0
     assert auto_dilation(12.8, concurrency=1) == pytest.approx(19.2)
     assert auto_dilation(12.8, concurrency=4, cores=2) == pytest.approx(38.4)
+    # a list of speeds: the fastest alone, or the concurrency fastest sharing the cores
+    assert auto_dilation([12.8, 1, 1, 1], concurrency=4, cores=2) == pytest.approx(19.2)
+    assert auto_dilation([5, 5, 5, 5, 0.5], concurrency=4, cores=2) == pytest.approx(15.0)
+    assert auto_dilation([5, 5, 5, 5, 0.5], concurrency=1) == pytest.approx(7.5)
     with pytest.raises(ValueError):
         auto_dilation(0)
     with pytest.raises(ValueError):

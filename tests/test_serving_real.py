@@ -57,3 +57,59 @@ def test_the_adapter_makes_no_scheduling_decision(served):
     for event, actions in zip(result.events, result.actions):
         assert fresh.on(event) == actions
     assert sum(isinstance(e, Arrival) for e in result.events) == len(result.records)
+
+
+def test_a_worker_dying_mid_serve_ends_the_run_with_one_clear_error(tokenizer):
+    """A decoder's worker SIGKILLed after the first token: ServeFailed names the device and lists
+    the unfinished requests; the records say why; no worker process is left."""
+    import os
+    import signal
+
+    import psutil
+
+    from e2llm_lite.serving.emulated import ServeFailed
+
+    cluster = default_cluster(4)
+    plan = make_plan(cluster, "e2llm", "conv", 0.5, roles=("prefill", "decoder"),
+                     config=GAConfig(population=12, generations=6, patience=3))
+    requests = [Request(i, 0.05 * i, 20, 8) for i in range(5)]
+    prompts = {r.id: prompt_ids(tokenizer, r.prompt_tokens, r.id) for r in requests}
+    victim = next(r for r in plan.replicas if r.role == "decoder").stages[0][0]
+    with EmulatedCluster(cluster, dilation=1.0, timeout_s=60) as rt:
+        pipes = rt.load_plan(plan)
+        pid = rt.procs[rt.rank(victim) - 1].pid
+        killed = []
+
+        def kill_once(rid, tok):
+            if not killed:
+                killed.append(rid)
+                os.kill(pid, signal.SIGKILL)
+
+        with pytest.raises(ServeFailed, match=victim) as err:
+            serve_requests(rt, pipes, plan, cluster, requests, prompts, on_token=kill_once)
+        procs = list(rt.procs)
+    assert "unfinished requests" in str(err.value)
+    unfinished = [rid for rid, rec in err.value.result.records.items() if not rec.done]
+    assert unfinished and all(err.value.result.records[r].rejected for r in unfinished)
+    assert all(not psutil.pid_exists(p.pid) or p.poll() is not None for p in procs)
+
+
+def test_serve_cli_prints_json_with_the_simulation_beside(tmp_path, capsys):
+    import json
+
+    from e2llm_lite import cli
+
+    cluster = default_cluster(4)
+    plan = make_plan(cluster, "e2llm", "conv", 0.5, roles=("prefill", "decoder"),
+                     config=GAConfig(population=12, generations=6, patience=3))
+    cluster.save(tmp_path / "c.json")
+    plan.save(tmp_path / "p.json")
+    assert cli.main(["serve", "--plan", str(tmp_path / "p.json"), "--cluster", str(tmp_path / "c.json"),
+                     "--requests", "3", "--rate", "2", "--prompt-scale", "0.03", "--dilation", "1",
+                     "--with-sim", "--json", "--requests-out", str(tmp_path / "r.csv")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["requests_in"] == out["requests_done"] == 3 and out["sim"]["requests_done"] == 3
+    assert set(out["summary"]) == set(out["sim"]["summary"])        # the same schema
+    assert (tmp_path / "r.csv").read_text().count("\n") == 4
+    assert cli.main(["serve", "--plan", str(tmp_path / "p.json"), "--cluster",
+                     str(tmp_path / "c.json"), "--prompt-scale", "2"]) != 0

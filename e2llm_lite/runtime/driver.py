@@ -64,9 +64,9 @@ def free_port() -> int:
 class EmulatedCluster:
     """Worker processes emulating ``cluster``'s devices, driven from this process.
 
-    dilation: the clock-stretch factor (>= 1); None picks ``auto_dilation`` for the fastest device
-        at ``concurrency`` simultaneously computing workers on ``host_cores`` cores (margin 1.5,
-        or 2.0 with ``calibrate``: a calibrated device runs at its speed x the host factor).
+    dilation: the clock-stretch factor (>= 1); None picks ``auto_dilation`` for the devices'
+        speeds with the ``concurrency`` fastest computing at once on ``host_cores`` cores (margin
+        1.5, or 2.0 with ``calibrate``: a calibrated device runs at its speed x the host factor).
     concurrency: how many workers compute at once: 1 (one request at a time, the default), a
         number, or ``"all"`` (every device of the cluster: serving a plan, where a pipeline of
         S stages works on S requests and every replica at once). Too low a figure for the real
@@ -87,7 +87,6 @@ class EmulatedCluster:
         self.auto_calibrate = bool(calibrate)
         self.costmodel = costmodel
         self.calibration: dict[str, dict] = {}
-        fastest = max(max(d.prefill_speed, d.decode_speed) for d in cluster.devices)
         if concurrency == "all":
             concurrency = len(cluster)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -95,7 +94,8 @@ class EmulatedCluster:
         self.concurrency = concurrency
         # calibrated devices run at speed x host factor (seen up to 1.6): more headroom
         self._auto_dilation = dilation is None
-        self.dilation = (auto_dilation(fastest, concurrency, host_cores,
+        speeds = [max(d.prefill_speed, d.decode_speed) for d in cluster.devices]
+        self.dilation = (auto_dilation(speeds, concurrency, host_cores,
                                        margin=2.0 if calibrate else 1.5)
                          if dilation is None else float(dilation))
         if not 1.0 <= self.dilation <= MAX_DILATION:  # also refuses NaN and inf

@@ -29,18 +29,25 @@ OVERRUN_TOLERANCE = 0.05    # an overrun is real elapsed > target * (1 + 5 %) + 
 OVERRUN_SLACK_S = 0.0005
 
 
-def auto_dilation(max_speed: float, concurrency: int = 1, cores: int = 2,
-                  margin: float = 1.5) -> float:
+def auto_dilation(speeds, concurrency: int = 1, cores: int = 2, margin: float = 1.5) -> float:
     """The cluster-wide dilation factor for a run.
 
-    With ``concurrency`` workers computing at once on ``cores`` host cores, each worker's wall time
-    is about ``max(1, concurrency / cores)`` times its CPU time; the fastest device (``max_speed``
-    relative to one host thread) must still be slower than that, with a safety ``margin``:
-    ``dilation = max(1, max_speed * max(1, concurrency / cores) * margin)``.
+    ``speeds``: every device's speed relative to one host thread (a list), or one number for
+    ``concurrency`` devices of that speed. A device at speed ``s`` computes ``s / dilation`` of
+    the time; with the ``concurrency`` fastest devices computing at once on ``cores`` host cores,
+    their CPU demand must fit the cores, and the fastest device alone must fit one core, with a
+    safety ``margin``:
+    ``dilation = max(1, margin * max(fastest, sum of the concurrency fastest / cores))``
+    (with equal speeds: ``speed * max(1, concurrency / cores) * margin``).
     """
-    if not max_speed > 0 or not concurrency >= 1 or not cores >= 1 or not margin >= 1:
-        raise ValueError("auto_dilation needs max_speed > 0, concurrency >= 1, cores >= 1, margin >= 1")
-    return max(1.0, max_speed * max(1.0, concurrency / cores) * margin)
+    if isinstance(speeds, (int, float)):
+        speeds = [float(speeds)] * (concurrency if isinstance(concurrency, int) else 1)
+    speeds = sorted((float(s) for s in speeds), reverse=True)
+    if not speeds or not all(s > 0 for s in speeds) or not concurrency >= 1 or not cores >= 1 \
+            or not margin >= 1:
+        raise ValueError("auto_dilation needs speeds > 0, concurrency >= 1, cores >= 1, margin >= 1")
+    busy = speeds[:int(concurrency)]
+    return max(1.0, margin * max(busy[0], sum(busy) / cores))
 
 
 @dataclass

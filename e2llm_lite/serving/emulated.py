@@ -95,6 +95,8 @@ class _Adapter:
         self.result = RealResult(records=scheduler.records, tokens={}, dilation=rt.dilation)
         for name, rep in scheduler.replicas.items():
             self.result.replica_devices[name] = [d for d, _, _ in rep.stages]
+            for d, _, _ in rep.stages:
+                self.result.busy_s[d] = 0.0
 
     # ---- events in ---------------------------------------------------------------------------
     def feed(self, event) -> None:
