@@ -375,10 +375,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _serving_requests(args, plan):
+def _serving_requests(args, plan, scale: float = 1.0):
     """The request stream of ``simulate`` (and, later, ``serve``): ``--workload`` profile at
     ``--rate`` (default: the plan's), or a trace replayed at its own times x ``--time-scale``, or
-    re-drawn as Poisson at ``--rate``; cut to ``--requests`` / ``--duration``."""
+    re-drawn as Poisson at ``--rate``; cut to ``--requests`` / ``--duration``; prompt and output
+    lengths x ``scale`` (``serve --prompt-scale``: :meth:`~e2llm_lite.workload.LengthDist.scaled`)."""
     from pathlib import Path
 
     from .workload import PROFILE_FIGURES, workload_from_spec
@@ -392,15 +393,18 @@ def _serving_requests(args, plan):
         if args.time_scale is not None:
             raise ValueError(f"--time-scale stretches a trace's own arrival times; workload {spec!r} "
                              "is a profile: give --rate")
-        wl = workload_from_spec(spec, args.rate or plan.rate, seed=args.seed)
+        wl = workload_from_spec(spec, args.rate or plan.rate, seed=args.seed, prompt_scale=scale,
+                                output_scale=scale)
     elif args.rate is not None:
-        wl = workload_from_spec(spec, args.rate, seed=args.seed, arrival="poisson")
+        wl = workload_from_spec(spec, args.rate, seed=args.seed, arrival="poisson",
+                                prompt_scale=scale, output_scale=scale)
     else:
         if not Path(spec).expanduser().exists():
             raise ValueError(f"workload {spec!r} is neither a profile (code, conv) nor a trace file")
         from .workload import Workload
 
-        wl = Workload.from_trace(spec, rate_scale=1.0 / (args.time_scale or 1.0), seed=args.seed)
+        wl = Workload.from_trace(spec, rate_scale=1.0 / (args.time_scale or 1.0), seed=args.seed,
+                                 prompt_scale=scale, output_scale=scale)
     n = args.requests
     if n is None and args.duration is None and wl.arrival != "trace":
         n = DEFAULT_SIM_REQUESTS
@@ -412,16 +416,6 @@ def _serving_requests(args, plan):
 
 DEFAULT_SIM_REQUESTS = 1000
 DEFAULT_SERVE_REQUESTS = 20
-
-
-def _scaled(requests, scale: float):
-    """``--prompt-scale``: every request's prompt and output tokens x ``scale`` (at least 1)."""
-    from .traces import Request
-
-    if scale == 1.0:
-        return list(requests)
-    return [Request(r.id, r.arrival_s, max(1, round(r.prompt_tokens * scale)),
-                    max(1, round(r.output_tokens * scale))) for r in requests]
 
 
 def cmd_serve(args) -> dict:
@@ -446,8 +440,7 @@ def cmd_serve(args) -> dict:
     cm = CostModel.load(args.profile) if args.profile else CostModel.load()
     if args.requests is None and args.duration is None:
         args.requests = DEFAULT_SERVE_REQUESTS
-    wl, requests = _serving_requests(args, plan)
-    requests = _scaled(requests, args.prompt_scale)
+    wl, requests = _serving_requests(args, plan, args.prompt_scale)
     tok = load_tokenizer(checkpoint_dir(progress=False))
     prompts = {r.id: prompt_ids(tok, r.prompt_tokens, r.id) for r in requests}
     show = not args.json and sys.stderr.isatty()

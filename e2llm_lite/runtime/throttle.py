@@ -86,11 +86,6 @@ class Throttle:
         self.last = {"start": w0, "end": end, "cpu_s": cpu, "target_s": target, "overrun": overrun}
         return out
 
-    def delay(self, seconds_device: float) -> None:
-        """Sleep ``dilation * seconds_device`` of wall time (a link's delay, in device seconds)."""
-        if seconds_device > 0:
-            self.wait_until(time.monotonic() + self.dilation * seconds_device)
-
     def wait_until(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining > 0:
