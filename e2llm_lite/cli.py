@@ -12,7 +12,7 @@ import json
 import sys
 
 from .errors import E2LLMError
-from .runtime.limits import CONNECT_TIMEOUT_S
+from .runtime.limits import CONNECT_TIMEOUT_S, INTERRUPTED
 
 DEFAULT_PROMPT = "Explain pipeline parallelism in two sentences."
 
@@ -688,9 +688,23 @@ _CTRL_C = {"seen": False}
 
 def _on_sigint(signum, frame):
     """Ctrl-C: remember it (a library may turn the KeyboardInterrupt into another error while it
-    imports), then interrupt as Python does."""
+    imports), then interrupt as Python does — except inside a ``__del__``, where Python would
+    only print the exception (a traceback for the user) and carry on: then ask again 50 ms later,
+    and the runtime's waits see the flag too."""
+    import os
+    import signal
+    import threading
+
     _CTRL_C["seen"] = True
+    INTERRUPTED.set()
+    f = frame
+    while f is not None:
+        if f.f_code.co_name == "__del__":
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+            return
+        f = f.f_back
     raise KeyboardInterrupt
+
 
 
 def _interrupted(exc: BaseException) -> bool:

@@ -40,7 +40,7 @@ from ..memory import MIB
 from ..model import ANATOMY
 from ..split import kv_pieces
 from .dispatch import Dispatcher
-from .limits import CONNECT_TIMEOUT_S, MAX_DILATION
+from .limits import CONNECT_TIMEOUT_S, INTERRUPTED, MAX_DILATION
 from .ops import Completion, Operations
 from .pipeline import Pipeline, StagePlacement
 from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Op, Outbox, Postbox, Receiver,
@@ -53,6 +53,12 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> None:
         proc.wait(timeout=max(0.05, timeout_s))
     except subprocess.TimeoutExpired:
         pass
+
+
+def _check_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed and its own exception got lost."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 def free_port() -> int:
@@ -179,6 +185,7 @@ class EmulatedCluster:
         deadline = time.monotonic() + self.connect_timeout_s + 5.0
         while t.is_alive():
             t.join(0.2)
+            _check_interrupted()
             self._check_alive()
             if time.monotonic() > deadline:
                 break
@@ -281,6 +288,7 @@ class EmulatedCluster:
             try:
                 msg = q.get(timeout=0.25)
             except queue.Empty:
+                _check_interrupted()
                 self._check_alive()
                 if time.monotonic() > deadline:
                     raise WorkerDied(f"no reply from the workers within {timeout_s or self.timeout_s:.0f} s")
@@ -347,6 +355,7 @@ class EmulatedCluster:
             try:
                 msg = self._done.get(timeout=max(0.0, min(0.25, deadline - time.monotonic())))
             except queue.Empty:
+                _check_interrupted()
                 dead = self._dead()
                 if dead is not None:
                     return self._fail_outstanding(dead)
@@ -365,6 +374,7 @@ class EmulatedCluster:
                     msg = self._done.get_nowait()
                 except queue.Empty:
                     break
+            out += self._overdue()   # also while messages keep coming
         return out
 
     def _overdue(self) -> list[Completion]:

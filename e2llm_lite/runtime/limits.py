@@ -1,5 +1,7 @@
 """The runtime's bounds, torch-free (the CLI checks its arguments against them before importing
-torch): how long joining may take, how far the clock may be dilated, how big a message may be."""
+torch): how long joining may take, how far the clock may be dilated, how big a message may be; and the Ctrl-C flag."""
+
+import threading
 
 #: How long the device workers may take to start and join the group (s), unless told otherwise.
 CONNECT_TIMEOUT_S = 60.0
@@ -12,3 +14,9 @@ MAX_DILATION = 1e6
 #: 4.7 M; a full KV cache of 8192 tokens for 30 layers x 2 x 3 heads x 64 is 94 M): a header
 #: announcing more is refused before anything is allocated.
 MAX_PAYLOAD_ELEMENTS = 128 * 2**20
+
+
+#: Set by the command line's Ctrl-C handler. The driver's waits check it (every 0.25 s) and raise
+#: KeyboardInterrupt: the handler's own KeyboardInterrupt is lost when it lands inside a
+#: ``__del__`` (Python only prints it), and the run would go on as if nothing had happened.
+INTERRUPTED = threading.Event()
