@@ -10,7 +10,7 @@ taking another's reply:
   ``ACK`` of each piece of a KV hand-off, and its ``ERROR``;
 * ``ACK`` of op ``o`` -> the queue of op ``o`` (a ``STATS`` reply never meets a ``RESULT``);
 * any other ``ERROR`` -> where its success would have gone: the worker names the op that failed
-  (header ``b``); a failed ``FWD`` goes to its request, a failed ``KV_SEND`` to the ``KV_PUT`` acks,
+  (header ``b``); a failed ``FWD`` goes to its request,
   anything else to that op's acks; an error tied to no op (a malformed message) goes to
   :attr:`unrouted` and to every waiter;
 * the connection breaking (``None``) -> every queue, so nobody waits for a dead worker.
@@ -98,8 +98,6 @@ class Dispatcher:
         failed = msg.b
         if failed == Op.FWD:
             return self._results.get(msg.request)
-        if failed == Op.KV_SEND:
-            return self._acks[int(Op.KV_PUT)]
         if failed in tuple(int(o) for o in Op):
             return self._acks[failed]
         for q in list(self._results.values()) + list(self._acks.values()):

@@ -344,9 +344,9 @@ class Receiver:
     keeps the exception in ``error`` and puts ``on_error(exception)`` (due at once)."""
 
     def __init__(self, pg, postbox: Postbox, local_time=lambda us: us / 1e6, on_error=lambda e: None,
-                 world: int | None = None, stop_on_first_stop: bool = True):
+                 world: int | None = None):
         self.pg, self.postbox, self.local_time = pg, postbox, local_time
-        self.on_error, self.world, self.stop_on_first_stop = on_error, world, stop_on_first_stop
+        self.on_error, self.world = on_error, world
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="e2llm-receiver", daemon=True)
         self.thread.start()
@@ -356,7 +356,7 @@ class Receiver:
             while True:
                 msg = recv(self.pg, self.world)
                 self.postbox.put(msg, self.local_time(msg.t) if msg.t else 0.0)
-                if msg.op == Op.STOP and self.stop_on_first_stop:
+                if msg.op == Op.STOP:
                     return
         except BaseException as e:  # connection closed, process group shut down, bad header
             self.error = e

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..errors import E2LLMError, WorkerDied
+from ..errors import E2LLMError
 from .durations import Durations
 from .events import Arrival, FreeKV, HandoffDone, IterationDone, MoveKV, Reject, RunIteration
 from .metrics import summarize
@@ -215,7 +215,7 @@ def serve_requests(rt, pipes: dict, plan, cluster, requests, prompts: dict, *, c
             if bar is not None:
                 bar.n = len(sched.records) - sched.pending
                 bar.refresh()
-    except (WorkerDied, E2LLMError, ValueError) as e:
+    except (E2LLMError, ValueError) as e:   # WorkerDied, DeviceOOM are E2LLMErrors
         unfinished = sorted(rid for rid, rec in sched.records.items() if not rec.done and not rec.rejected)
         unfinished += [r.id for r in todo]
         for rid in unfinished:
