@@ -24,11 +24,10 @@ from e2llm_lite.planning import make_plan
 from e2llm_lite.planning.ga import GAConfig
 from e2llm_lite.runtime.driver import EmulatedCluster
 from e2llm_lite.serving.emulated import serve_requests
+from e2llm_lite.serving.fidelity import METRICS, error_table
 from e2llm_lite.serving.prompts import prompt_ids
 from e2llm_lite.serving.simulator import simulate_requests
 from e2llm_lite.workload import workload_from_spec
-
-METRICS = ("waiting_s", "ttft_s", "e2e_s")
 
 
 def workload(rate: float, scale: float, seed: int):
@@ -77,11 +76,10 @@ def main() -> None:
               f"dilation {res.dilation:g}, overruns {sum(res.overruns.values())}", file=out)
         row = {"capacity_rps": capacity, "rate_rps": rate, "overruns": res.overruns,
                "done_real": real["requests_done"], "done_sim": sim["requests_done"]}
+        table = error_table(real, sim)
         for m in METRICS:
-            r, s = real["summary"][m], sim["summary"][m]
-            row[m] = {"real": r, "sim": s}
-            err = {k: (r[k] / s[k] - 1 if s[k] else None) for k in ("mean", "p90")}
-            row[m]["error"] = err
+            r, s, err = table[m]["real"], table[m]["sim"], table[m]["error"]
+            row[m] = table[m]
             fmt = lambda e: "n/a" if e is None else f"{e:+.1%}"   # noqa: E731
             print(f"  {m[:-2]:8s} mean real {r['mean']:.3f} s sim {s['mean']:.3f} s ({fmt(err['mean'])}); "
                   f"P90 real {r['p90']:.3f} sim {s['p90']:.3f} ({fmt(err['p90'])})", file=out)

@@ -7,13 +7,29 @@ import pytest
 from e2llm_lite.errors import DeviceOOM
 from e2llm_lite.model import ANATOMY
 from e2llm_lite.memory import MIB, MemoryLedger
-from e2llm_lite.runtime.throttle import Throttle, auto_dilation
+from e2llm_lite.runtime.throttle import HostFactor, Throttle, auto_dilation
 
 
 def busy(ms):
     t = time.thread_time()
     while time.thread_time() - t < ms / 1e3:
         pass
+
+
+def test_host_factor_interpolates_in_log_size_and_holds_outside_its_points():
+    f = HostFactor()
+    assert f.at(0, 50) == 1.0 and f.at(1, 4) == 1.0              # uncalibrated
+    f.add(0, 128, 1.0)
+    f.add(0, 16, 1.5)
+    assert f.at(0, 16) == 1.5 and f.at(0, 128) == 1.0
+    assert f.at(0, 4) == 1.5 and f.at(0, 1000) == 1.0            # nearest point outside
+    assert f.at(0, 45.254834) == pytest.approx(1.25)              # sqrt(16 * 128): halfway in log
+    assert f.at(1, 8) == 1.0                                      # phases are apart
+    f.add(0, 16, 2.0)                                             # a re-calibration replaces
+    assert f.points[0] == [(16.0, 2.0), (128.0, 1.0)]
+    for bad in [(2, 16, 1.0), (0, 0, 1.0), (0, 16, 0.0), (0, 16, float("nan"))]:
+        with pytest.raises(ValueError, match="bad calibration point"):
+            f.add(*bad)
 
 
 def test_throttle_stretches_a_step_to_dilation_times_cpu_over_speed():

@@ -14,6 +14,7 @@ from e2llm_lite import cli
 from e2llm_lite.devices import Cluster, default_cluster
 from e2llm_lite.errors import DeviceOOM, WorkerDied
 from e2llm_lite.runtime.driver import EmulatedCluster, free_port
+from e2llm_lite.runtime.throttle import HostFactor
 
 KINDS = ["rpi4-4gb", "rpi5-8gb", "jetson-nano-4gb", "jetson-orin-nano-8gb", "nuc-16gb", "laptop-16gb"]
 SPLITS = [
@@ -97,24 +98,35 @@ def test_calibration_measures_this_host_and_scales_each_phase_by_it(mixed, haiku
     try:
         with pytest.raises(ValueError, match="repeats >= 1"):
             mixed.calibrate(repeats=0)
-        cal = mixed.calibrate(tokens=32, repeats=2, idle_gap_ms=0)
+        with pytest.raises(ValueError, match="ints >= 1"):
+            mixed.calibrate(tokens=())
+        cal = mixed.calibrate(tokens=(8, 32), batches=(1, 3), repeats=2, prefill_idle_ms=0, decode_idle_ms=0)
         cm = CostModel.load()
         assert set(cal) == set(names[:2])
         for n, (a, b) in zip(names[:2], [(0, 12), (12, 30)]):
-            pre, dec = cal[n]["prefill"], cal[n]["decode"]
-            assert pre["predicted_ms"] == pytest.approx(cm.host_stage_ms(a, b, "prefill", tokens=32))
-            assert dec["predicted_ms"] == pytest.approx(cm.host_stage_ms(a, b, "decode", context=32))
-            for c in (pre, dec):  # a real measurement of this host, within any plausible range
-                assert c["host_ms"] > 0 and c["factor"] == pytest.approx(c["host_ms"] / c["predicted_ms"])
-                assert 0.1 < c["factor"] < 10
+            pre, dec = cal[n]["prefill"]["points"], cal[n]["decode"]["points"]
+            assert [p["tokens"] for p in pre] == [8, 32] and [p["batch"] for p in dec] == [1, 3]
+            for p in pre:
+                assert p["predicted_ms"] == pytest.approx(
+                    cm.host_stage_ms(a, b, "prefill", tokens=p["tokens"]))
+            for p in dec:  # decode probes run at the shortest probe prompt's context
+                assert p["predicted_ms"] == pytest.approx(
+                    cm.host_stage_ms(a, b, "decode", batch=p["batch"], context=8))
+            for p in pre + dec:  # a real measurement of this host, within any plausible range
+                assert p["host_ms"] > 0 and p["factor"] == pytest.approx(p["host_ms"] / p["predicted_ms"])
+                assert 0.1 < p["factor"] < 10
         mixed.free(reset_stats=True)
         gen = pipe.generate(haiku_ids, 5, [tokenizer.eos_token_id], request=7)
         assert gen.tokens == reference_tokens[:5]          # calibration leaves no KV behind
-        for r in mixed.timeline():  # each step's target = cpu / (speed * factor of its phase)
+        for r in mixed.timeline():  # each step's target = cpu / (speed * factor at its size)
             dev = mixed.cluster.device(r["device"])
             speed = dev.prefill_speed if r["phase"] == "prefill" else dev.decode_speed
-            factor = cal[r["device"]][r["phase"]]["factor"]
-            assert r["target_ms"] == pytest.approx(r["cpu_ms"] / (speed * factor), rel=1e-6)
+            factor = HostFactor()
+            for p in cal[r["device"]][r["phase"]]["points"]:
+                factor.add(int(r["phase"] == "decode"), p.get("tokens", p.get("batch")), p["factor"])
+            size = r["tokens"] if r["phase"] == "prefill" else 1
+            assert r["target_ms"] == pytest.approx(
+                r["cpu_ms"] / (speed * factor.at(int(r["phase"] == "decode"), size)), rel=1e-6)
         report = mixed.report()
         assert report[names[0]]["host_factor"]["decode"] == cal[names[0]]["decode"]["factor"]
         assert report[names[2]]["host_factor"] is None
@@ -131,7 +143,7 @@ def test_calibration_measures_this_host_and_scales_each_phase_by_it(mixed, haiku
     pipe = mixed.pipeline([(fast.name, 0, 30)])
     try:
         with pytest.warns(RuntimeWarning, match="will overrun"):
-            mixed.calibrate(tokens=8, repeats=1, idle_gap_ms=0)
+            mixed.calibrate(tokens=8, batches=1, repeats=1, prefill_idle_ms=0, decode_idle_ms=0)
     finally:
         pipe.release()
 

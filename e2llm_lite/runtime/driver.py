@@ -18,6 +18,7 @@ Times: every duration the driver reports is **device time** in ms (wall time / d
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import queue
 import shutil
@@ -46,6 +47,11 @@ from .pipeline import Pipeline, StagePlacement
 from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Op, Outbox, Postbox, Receiver,
                        make_group, text_payload)
 from .throttle import auto_dilation
+
+CALIBRATION_TOKENS = (8, 24, 64, 160)   # prompt lengths a calibration times (a host's fixed per-step
+                                   # cost differs from the profile's: one length is not enough)
+CALIBRATION_BATCHES = (1, 2, 3, 4, 16)   # decode batch sizes it times (the reference profile
+                                         # has a bump at 2-3 rows that a host may not have)
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> None:
@@ -79,7 +85,7 @@ class EmulatedCluster:
         concurrency makes steps overrun (counted per device in :meth:`stats`).
     timeout_s: the longest the driver waits for any single reply.
     connect_timeout_s: the longest the workers may take to start and join (s).
-    calibrate: if True, every stage is calibrated right after it is loaded (:meth:`calibrate`):
+    calibrate: if True, every stage is calibrated right after it is loaded (a whole plan at once) (:meth:`calibrate`):
         its device then runs at the speed the cost model ``costmodel`` (default: the shipped
         reference profile) predicts, whatever this host's speed today. If False (the default) a
         device runs at its speed relative to this host's thread as it is now.
@@ -459,8 +465,9 @@ class EmulatedCluster:
         return got
 
     # ---- placing and running -------------------------------------------------------------------
-    def pipeline(self, stages, name: str = "pipeline") -> "Pipeline":
-        """Load a replica: ``stages`` = [(device, start, end), ...] in pipeline order."""
+    def pipeline(self, stages, name: str = "pipeline", calibrate: bool | None = None) -> "Pipeline":
+        """Load a replica: ``stages`` = [(device, start, end), ...] in pipeline order; its
+        devices are calibrated if ``calibrate`` (default: as the cluster was started)."""
         stages = [StagePlacement(*s) if not isinstance(s, StagePlacement) else s for s in stages]
         names = [self.cluster.device(s.device).name for s in stages]
         ANATOMY.check_split([(n, s.start, s.end) for n, s in zip(names, stages)])
@@ -478,7 +485,7 @@ class EmulatedCluster:
         for n, s in zip(names, stages):
             self.placements[n] = s
             self.calibration.pop(n, None)
-        if self.auto_calibrate:
+        if self.auto_calibrate if calibrate is None else calibrate:
             self.calibrate(names)
         return Pipeline(self, stages, ranks, name)
 
@@ -496,52 +503,96 @@ class EmulatedCluster:
                           "(start the cluster with concurrency='all')", RuntimeWarning, stacklevel=2)
         out = {}
         for r in plan.replicas:
-            pipe = self.pipeline(list(r.stages), name=r.name)
+            pipe = self.pipeline(list(r.stages), name=r.name, calibrate=False)
             pipe.role, pipe.batch = r.role, r.batch
             out[r.name] = pipe
+        if self.auto_calibrate:            # all devices at once: prefill probes run side by side
+            self.calibrate(sorted(used, key=self.rank))
         return out
 
-    def calibrate(self, devices=None, tokens: int = 128, repeats: int = 7,
-                  idle_gap_ms: float = 100.0) -> dict[str, dict]:
+    def calibrate(self, devices=None, tokens=CALIBRATION_TOKENS, batches=CALIBRATION_BATCHES,
+                  repeats: int = 3, prefill_idle_ms: float = 1000.0,
+                  decode_idle_ms: float = 0.0) -> dict[str, dict]:
         """Measure how fast this host runs each placed stage now, against the cost model.
 
-        One device at a time (so that they do not disturb each other), each worker times its own
-        stage ``repeats`` times on a probe -- a prompt of ``tokens`` tokens, then one decode step
-        at that context -- after an idle gap of ``idle_gap_ms`` like a real step, and divides the
-        medians by the cost model's host predictions: ``host_factor`` > 1 means this host is
-        slower now than the profile. From then on the device runs at ``speed * host_factor`` per
-        phase, so its device times are the profile's (the planner's and simulator's) up to the
-        cost model's error and the host's step-to-step noise. Takes about 2 s per device.
+        Each worker times its own stage ``repeats`` times on each probe -- a prompt of each
+        length in ``tokens``, a decode step of each batch size in ``batches`` at a context of
+        ``min(tokens)`` -- and divides the medians by the cost model's host predictions: a factor
+        > 1 means this host is slower now than the profile. From then on the device runs at
+        ``speed * factor``, the factor interpolated between the probe sizes
+        (:class:`~e2llm_lite.runtime.throttle.HostFactor`), so its device times are the
+        profile's (the planner's and simulator's) up to the cost model's error between the
+        probes and the host's step-to-step noise.
 
-        Returns (and keeps in ``self.calibration``) per device: measured and predicted host ms
-        and the factor, per phase.
+        Each probe runs after an idle gap like the steps it stands for, because a host runs a
+        step slower after it idled (on the test host a 16-token prefill took 106 ms after 0.1 s
+        idle, 121 ms after 2 s; a decode step 55 and 73 ms): an emulated device sleeps after
+        every step until ``dilation * cpu / speed`` has passed -- the gap is at least
+        ``cpu * (dilation / speed - 1)`` -- and a PREFILL device also idles between prompts (at
+        least ``prefill_idle_ms``; decode: ``decode_idle_ms``). All devices run each probe at
+        once, their starts staggered across the gap, as they share the host's cores in a run.
+        About ``repeats * sum over probes of (gap + step)``: 15-20 s with the defaults.
+
+        Returns (and keeps in ``self.calibration``) per device and phase: ``points`` (each probe's
+        size, measured and predicted host ms, factor) and ``factor`` (their geometric mean).
         """
         if self.costmodel is None:
             self.costmodel = CostModel.load()
         cm = self.costmodel
+        tokens = [tokens] if isinstance(tokens, int) else list(tokens)
+        batches = [batches] if isinstance(batches, int) else list(batches)
         names = list(self.placements) if devices is None else [
             self.cluster.device(d).name for d in devices]
         for n in names:
             if n not in self.placements:
                 raise ValueError(f"device {n!r} holds no layers: place a pipeline before calibrating")
-        if tokens < 1 or repeats < 1 or not idle_gap_ms >= 0:
-            raise ValueError("calibrate needs tokens >= 1, repeats >= 1 and idle_gap_ms >= 0")
+        if not tokens or not batches or not all(isinstance(t, int) and t >= 1 for t in tokens + batches) \
+                or repeats < 1 or not prefill_idle_ms >= 0 or not decode_idle_ms >= 0:
+            raise ValueError("calibrate needs tokens and batches (ints >= 1), repeats >= 1 and "
+                             "idle gaps >= 0")
+        context = min(tokens)
+        out = {n: {"prefill": {"points": []}, "decode": {"points": []}} for n in names}
+
+        def probe(phase, size):
+            """Run one probe on every device at once (staggered), collect the results."""
+            batch = size if phase == "decode" else 0
+            preds, gaps = {}, {}
+            for n in names:
+                st, dev = self.placements[n], self.cluster.device(n)
+                preds[n] = (cm.host_stage_ms(st.start, st.end, "prefill", tokens=size) if not batch
+                            else cm.host_stage_ms(st.start, st.end, "decode", batch=size,
+                                                  context=context))
+                speed = getattr(dev, f"{phase}_speed")
+                gaps[n] = max(prefill_idle_ms if phase == "prefill" else decode_idle_ms,
+                              preds[n] * max(0.0, self.dilation / speed - 1))
+            gap = max(gaps.values())
+            for k, n in enumerate(names):
+                self._send(self.rank(n), Op.CALIBRATE, a=context if batch else size, b=repeats,
+                           c=int(round(gaps[n])), d=batch, payload=torch.tensor(
+                               [preds[n], k * gap / len(names)], dtype=torch.float64))
+            for msg in self._acks(Op.CALIBRATE, len(names)):
+                n = self.cluster.devices[msg.src - 1].name
+                got = msg.payload.tolist()
+                out[n][phase]["points"].append({"tokens" if phase == "prefill" else "batch": size,
+                                                "host_ms": got[0], "predicted_ms": preds[n],
+                                                "factor": got[1]})
+
+        for t in tokens:
+            probe("prefill", t)
+        for b in batches:
+            probe("decode", b)
         for n in names:
-            st = self.placements[n]
-            pred = [cm.host_stage_ms(st.start, st.end, "prefill", tokens=tokens),
-                    cm.host_stage_ms(st.start, st.end, "decode", batch=1, context=tokens)]
-            self._send(self.rank(n), Op.CALIBRATE, a=tokens, b=repeats, c=int(round(idle_gap_ms)),
-                       payload=torch.tensor(pred, dtype=torch.float64))
-            got = self._acks(Op.CALIBRATE, 1)[0].payload.tolist()
-            self.calibration[n] = {
-                "prefill": {"host_ms": got[0], "predicted_ms": pred[0], "factor": got[2]},
-                "decode": {"host_ms": got[1], "predicted_ms": pred[1], "factor": got[3]}}
             dev = self.cluster.device(n)
-            fastest = max(dev.prefill_speed * got[2], dev.decode_speed * got[3])
-            if fastest > self.dilation:
-                warnings.warn(f"after calibration device {n!r} runs at {fastest:.2f}x a host "
-                              f"thread, more than the dilation {self.dilation:g}: its steps will "
-                              "overrun (use a larger dilation)", RuntimeWarning, stacklevel=2)
+            for phase, c in out[n].items():
+                c["points"].sort(key=lambda p: p.get("tokens", p.get("batch")))
+                c["factor"] = math.exp(sum(math.log(p["factor"]) for p in c["points"])
+                                       / len(c["points"]))
+                speed = getattr(dev, f"{phase}_speed") * max(p["factor"] for p in c["points"])
+                if speed > self.dilation:
+                    warnings.warn(f"after calibration device {n!r} runs {phase} at {speed:.2f}x a "
+                                  f"host thread, more than the dilation {self.dilation:g}: its steps "
+                                  "will overrun (use a larger dilation)", RuntimeWarning, stacklevel=2)
+            self.calibration[n] = out[n]
         return {n: self.calibration[n] for n in names}
 
     def free(self, request: int | None = None, reset_stats: bool = False) -> None:

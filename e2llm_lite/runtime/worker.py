@@ -54,9 +54,23 @@ from ..stage import Stage  # noqa: E402
 from .limits import CONNECT_TIMEOUT_S  # noqa: E402
 from .protocol import (TRACE_COLS, BadMessage, ErrorKind, Message, Op, Outbox,  # noqa: E402
                        Postbox, Receiver, as_payload, make_group, message_bytes, text_payload)
-from .throttle import Throttle  # noqa: E402
+from .throttle import HostFactor, Throttle  # noqa: E402
 
 PHASES = ("prefill", "decode")
+
+
+class _Router:
+    """Where the receiver puts a message: KV hand-offs to the DMA thread's postbox, everything
+    else (and errors) to the main thread's."""
+
+    DMA_OPS = (Op.KV_SEND, Op.KV_PUT)
+
+    def __init__(self, inbox: Postbox, dma: Postbox):
+        self.inbox, self.dma = inbox, dma
+
+    def put(self, item, at: float = 0.0) -> None:
+        box = self.dma if isinstance(item, Message) and item.op in self.DMA_OPS else self.inbox
+        box.put(item, at)
 
 
 class Worker:
@@ -73,7 +87,7 @@ class Worker:
         self.stage = None
         self.account: MemoryLedger | None = None
         self.speeds = (1.0, 1.0)               # prefill, decode (relative to one host thread)
-        self.host_factor = (1.0, 1.0)          # this host's ms / the cost model's ms (calibration)
+        self.host_factor = HostFactor()        # this host's ms / the cost model's ms (calibration)
         self.next_rank = 0
         self.home_rank = 0
         self.trace: list[list[float]] = []
@@ -84,6 +98,8 @@ class Worker:
         self.link_free: dict[int, float] = {}     # rank -> when its link finishes what is booked
         self.clock_offset = 0.0                   # the driver's monotonic clock - ours (s)
         self.inbox = Postbox()
+        self.dma = Postbox()                      # KV hand-offs, stored beside the compute
+        self.lock = threading.RLock()             # link bookings, counters, the memory ledger
         self.outbox = Outbox(self.pg, rank)
 
     # ---- plumbing ------------------------------------------------------------------------------
@@ -101,10 +117,11 @@ class Worker:
         added to the link's delay."""
         payload = as_payload(kw.pop("payload", None))
         nbytes = message_bytes(payload)
-        self.bytes_sent += nbytes
-        at = 0.0 if link is None else self.book_link(link, nbytes, since)
-        t = int(round((at + self.clock_offset) * 1e6)) if at else 0
-        self.outbox.put(dst, op, t=t, payload=payload, **kw)
+        with self.lock:
+            self.bytes_sent += nbytes
+            at = 0.0 if link is None else self.book_link(link, nbytes, since)
+            t = int(round((at + self.clock_offset) * 1e6)) if at else 0
+            self.outbox.put(dst, op, t=t, payload=payload, **kw)
 
     def flush(self, timeout_s: float = 2.0) -> None:
         """Let the sender threads send what is queued (bounded) before the process ends."""
@@ -160,8 +177,9 @@ class Worker:
         until its delivery time; this thread computes."""
         if self.parent is None:  # a multi-host worker: watch the driver's store
             threading.Thread(target=self.watch_driver, name="e2llm-watchdog", daemon=True).start()
-        Receiver(self.pg, self.inbox, local_time=lambda us: us / 1e6 - self.clock_offset,
-                 on_error=lambda e: e, world=self.world)
+        Receiver(self.pg, _Router(self.inbox, self.dma), on_error=lambda e: e, world=self.world,
+                 local_time=lambda us: us / 1e6 - self.clock_offset)
+        threading.Thread(target=self.serve_dma, name="e2llm-dma", daemon=True).start()
         while True:
             try:
                 msg = self.inbox.get(1.0)
@@ -172,19 +190,35 @@ class Worker:
                     self.reply_error(-1, msg)
                     self.flush(1.0)
                 raise msg
-            if msg.payload is not None:
-                self.bytes_received += msg.payload.numel() * msg.payload.element_size()
             if msg.op == Op.STOP:
                 self.post(0, Op.STOP)  # lets the driver's receiver thread end before shutdown
                 self.flush()
                 return
+            self.handle(msg)
+
+    def serve_dma(self) -> None:
+        """Store and send KV hand-offs (``KV_SEND``, ``KV_PUT``) on a thread of their own, in
+        delivery order, while the main thread computes: a device's network and memory move a
+        cache beside its compute (the emulated link already delays it), so a hand-off does not
+        wait for the step in progress. Only other requests' caches are touched meanwhile."""
+        while True:
             try:
-                handler = getattr(self, f"on_{msg.op.name.lower()}", None)
-                if handler is None:
-                    raise ValueError(f"device {self.name!r} does not take {msg.op.name} messages")
-                handler(msg)
-            except Exception as e:  # report, keep serving
-                self.reply_error(msg.request, e, msg.op, msg.e)
+                self.handle(self.dma.get(1.0))
+            except queue.Empty:
+                continue
+
+    def handle(self, msg: Message) -> None:
+        """Run ``msg``'s handler; a failure is reported to the driver, and serving goes on."""
+        if msg.payload is not None:
+            with self.lock:
+                self.bytes_received += msg.payload.numel() * msg.payload.element_size()
+        try:
+            handler = getattr(self, f"on_{msg.op.name.lower()}", None)
+            if handler is None:
+                raise ValueError(f"device {self.name!r} does not take {msg.op.name} messages")
+            handler(msg)
+        except Exception as e:  # report, keep serving
+            self.reply_error(msg.request, e, msg.op, msg.e)
 
     # ---- handlers ------------------------------------------------------------------------------
     def on_setup(self, m: Message) -> None:
@@ -208,7 +242,7 @@ class Worker:
         self.stage = None
         self.stage = Stage.load(m.a, m.b)
         self.account, self.speeds = account, (prefill_speed, decode_speed)
-        self.host_factor = (1.0, 1.0)
+        self.host_factor = HostFactor()
         self.next_rank, self.home_rank = m.c, m.d
         self._warm_up()
         self.post(0, Op.ACK, a=int(Op.LOAD), b=self.stage.weight_bytes)
@@ -228,32 +262,47 @@ class Worker:
         self.stage.free(-1)
 
     def on_calibrate(self, m: Message) -> None:
-        """Time this stage on a probe (a prompt of ``m.a`` tokens, then one decode step at that
-        context), ``m.b`` times, each run after an idle gap of ``m.c`` ms like a real step; the
-        medians divided by the cost model's predictions (the payload) become ``host_factor``:
-        how much slower (> 1) or faster this host runs now than the profile says. Later steps
-        run at ``speed * host_factor`` so that their device time is what the profile predicts
-        for the device, whatever this host's speed today."""
+        """Time this stage on one probe, ``m.b`` times, each run after an idle gap of ``m.c`` ms
+        like a real step (the first after a further delay, payload[1] ms, so that devices
+        probed at once take turns): a prompt of ``m.a`` tokens (``m.d`` = 0), or a decode step of
+        a batch of ``m.d`` sequences at context ``m.a``. The median divided by the cost model's
+        prediction (payload[0]) becomes a point of ``host_factor``: how much slower (> 1) or
+        faster this host runs such a step now than the profile says. Later steps run at
+        ``speed * host_factor.at(phase, size)`` so that their device time is what the profile
+        predicts for the device, whatever this host's speed today."""
         if self.stage is None:
             raise ValueError(f"device {self.name!r} has no layers loaded")
-        predicted = m.payload.tolist()
-        if len(predicted) != 2 or not all(p > 0 for p in predicted) or m.a < 1 or m.b < 1:
-            raise ValueError(f"bad calibration request: tokens={m.a} repeats={m.b} "
+        predicted, delay_ms = m.payload.tolist()
+        if not predicted > 0 or not delay_ms >= 0 or m.a < 1 or m.b < 1 or m.d < 0:
+            raise ValueError(f"bad calibration request: tokens={m.a} repeats={m.b} batch={m.d} "
                              f"predicted={predicted}")
+        time.sleep(delay_ms / 1e3)
         x = self._probe_input(m.a)
-        times = ([], [])
-        rid = -2
-        for _ in range(m.b):
-            for phase, inp in enumerate((x, x[:, :1])):
+        times = []
+        rids = [-2 - i for i in range(max(1, m.d))]
+        try:
+            if m.d:                                   # decode: B caches of m.a tokens, untimed
+                for r in rids:
+                    self.stage(x, request_id=r)
+                step = self._probe_input(1).expand(len(rids), *[-1] * (x.dim() - 1)).contiguous()
+            for _ in range(m.b):
                 time.sleep(m.c / 1e3)
                 c0 = time.thread_time()
-                self.stage(inp, request_id=rid)
-                times[phase].append((time.thread_time() - c0) * 1e3)
-            self.stage.free(rid)
-        measured = [float(np.median(t)) for t in times]
-        self.host_factor = (measured[0] / predicted[0], measured[1] / predicted[1])
+                if m.d:
+                    self.stage.forward_batch(step, rids)
+                else:
+                    self.stage(x, request_id=rids[0])
+                times.append((time.thread_time() - c0) * 1e3)
+                if not m.d:
+                    self.stage.free(rids[0])
+        finally:
+            for r in rids:
+                self.stage.free(r)
+        measured = float(np.median(times))
+        factor = measured / predicted
+        self.host_factor.add(int(m.d > 0), m.d or m.a, factor)
         self.post(0, Op.ACK, a=int(Op.CALIBRATE),
-                  payload=torch.tensor([*measured, *self.host_factor], dtype=torch.float64))
+                  payload=torch.tensor([measured, factor], dtype=torch.float64))
 
     def on_batch(self, m: Message) -> None:
         """Remember the request ids of the batched FWD that follows (no reply)."""
@@ -265,13 +314,15 @@ class Worker:
         if m.c:
             return self._fwd_batch(m)
         tokens = m.a
-        self.account.reserve(m.request, tokens)
+        with self.lock:
+            self.account.reserve(m.request, tokens)
         x = m.payload
         try:
             out = self.throttle.run(lambda: self.stage(x, request_id=m.request),
-                                    self.speeds[m.d] * self.host_factor[m.d])
+                                    self.speeds[m.d] * self.host_factor.at(m.d, tokens))
         except BaseException:
-            self.account.release(m.request, tokens)
+            with self.lock:
+                self.account.release(m.request, tokens)
             raise
         if self.stage.last:
             logits = out[0, -1]
@@ -288,14 +339,16 @@ class Worker:
         ids = self.batches.pop(m.request, None)
         if ids is None:
             raise ValueError(f"device {self.name!r}: no BATCH {m.request} announced its requests")
-        self.account.reserve_batch(ids)
+        with self.lock:
+            self.account.reserve_batch(ids)
         x = m.payload
         try:
             out = self.throttle.run(lambda: self.stage.forward_batch(x, ids),
-                                    self.speeds[1] * self.host_factor[1])
+                                    self.speeds[1] * self.host_factor.at(1, len(ids)))
         except BaseException:
-            for r in ids:
-                self.account.release(r, 1)
+            with self.lock:
+                for r in ids:
+                    self.account.release(r, 1)
             raise
         if self.stage.last:
             logits = out[:, -1]
@@ -336,7 +389,8 @@ class Worker:
     def on_kv_put(self, m: Message) -> None:
         if self.stage is None:
             raise ValueError(f"device {self.name!r} has no layers loaded")
-        self.account.reserve_import(m.request, m.b - m.a, m.c)
+        with self.lock:
+            self.account.reserve_import(m.request, m.b - m.a, m.c)
         self.stage.import_kv(m.request, m.payload.numpy(), m.c, start=m.a)
         self.post(0, Op.ACK, request=m.request, a=int(Op.KV_PUT), b=m.a, c=m.b, d=m.c, e=m.e)
 
@@ -344,7 +398,8 @@ class Worker:
         rid = None if m.request == -1 else m.request
         if self.stage is not None:
             self.stage.free(rid)
-            self.account.free(rid)
+            with self.lock:
+                self.account.free(rid)
         if m.a:  # also forget the trace and counters (a fresh measurement)
             self.trace.clear()
             self.throttle = Throttle(dilation=self.throttle.dilation)
