@@ -162,6 +162,27 @@ def test_an_asynchronous_kv_handoff_runs_beside_decode_steps(haiku_ids, referenc
         assert rt.stats()["dev0"]["kv_bytes"] == 0
 
 
+def test_a_kv_handoff_is_stored_while_its_destination_computes(haiku_ids):
+    """A device's network and memory take a hand-off beside its compute: the KV reaching a device
+    in the middle of a long prefill is stored (and acknowledged) before that step ends, not after
+    it (the hand-off would otherwise cost the decoder a whole step)."""
+    cluster = two_sites(4, wan_mbps=1000.0, wan_ms=0.5)
+    with EmulatedCluster(cluster, dilation=6.0) as rt:
+        a = rt.pipeline([("dev0", 0, 15), ("dev1", 15, 30)], name="A")
+        b = rt.pipeline([("dev2", 0, 15), ("dev3", 15, 30)], name="B")
+        a.forward(haiku_ids, request=1, logits=False)
+        long_prompt = (haiku_ids * 8)[:120]
+        busy = b.submit(long_prompt, 2, "prefill")
+        time.sleep(0.3)                               # dev2 is now in its (stretched) step
+        kv = rt.submit_move_kv(1, a, b)
+        got = {}
+        while rt.outstanding:
+            for c in rt.poll(60):
+                assert c.ok, c.error
+                got[c.request] = c
+        assert got[kv].end_s < got[busy].devices["dev2"][1]
+
+
 def test_pipelined_prefills_do_not_overrun_with_the_dilation_for_every_device(haiku_ids):
     """The trap: three prefills pipelined through three devices at the dilation picked for one
     worker computing at a time overran 7 of 9 steps. ``concurrency='all'`` picks the dilation
