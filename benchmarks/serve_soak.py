@@ -103,7 +103,7 @@ def main() -> None:
     roles = ", ".join(f"{r.name} {r.role} {[d for d, _, _ in r.stages]}" for r in plan.replicas)
     print(f"plan: {roles}; simulated capacity {capacity:.3f} req/s, served at "
           f"{args.load * capacity:.3f} ({args.load:g}x)", file=out)
-    print(f"{m['requests_done']}/{len(requests)} done, {m['requests_rejected']} rejected; "
+    print(f"{m['requests_done']}/{len(requests)} done, {len(m['rejected'])} rejected; "
           f"{res.wall_s:.0f} s wall, dilation {res.dilation:g}, overruns {sum(res.overruns.values())}",
           file=out)
     for s in samples:
