@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--prompt-scale", type=float, default=0.05)
     ap.add_argument("--strategies", default="e2llm,splitwise")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dilation", type=float, help="default: picked for every device computing at once")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = sys.stderr if args.json else sys.stdout
@@ -65,7 +66,8 @@ def main() -> None:
         prompts = {r.id: prompt_ids(tok, r.prompt_tokens, r.id) for r in requests}
         sim = simulate_requests(plan, cluster, requests, costmodel=cm).metrics()
         t0 = time.monotonic()
-        with EmulatedCluster(cluster, calibrate=True, costmodel=cm, concurrency="all") as rt:
+        with EmulatedCluster(cluster, calibrate=True, costmodel=cm, concurrency="all",
+                             dilation=args.dilation) as rt:
             pipes = rt.load_plan(plan)
             rt.free(reset_stats=True)
             res = serve_requests(rt, pipes, plan, cluster, requests, prompts, costmodel=cm)
