@@ -50,7 +50,7 @@ from .throttle import auto_dilation
 
 CALIBRATION_TOKENS = (8, 24, 64, 160)   # prompt lengths a calibration times (a host's fixed per-step
                                    # cost differs from the profile's: one length is not enough)
-CALIBRATION_BATCHES = (1, 2, 3, 4, 16)   # decode batch sizes it times (the reference profile
+CALIBRATION_BATCHES = (1, 2, 3, 4, 8, 16)   # decode batch sizes it times (the reference profile
                                          # has a bump at 2-3 rows that a host may not have)
 
 
