@@ -94,6 +94,7 @@ def test_a_worker_dying_mid_serve_ends_the_run_with_one_clear_error(tokenizer):
     assert all(not psutil.pid_exists(p.pid) or p.poll() is not None for p in procs)
 
 
+@pytest.mark.filterwarnings("ignore:after calibration")  # dilation 1 here: overruns are expected
 def test_serve_cli_prints_json_with_the_simulation_beside(tmp_path, capsys):
     import json
 
