@@ -17,29 +17,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import request_rows
+
 __all__ = ["METRICS", "error_table", "paired", "step_errors"]
 
 METRICS = ("waiting_s", "ttft_s", "e2e_s")
 
 
-def _value(rec, metric: str) -> float | None:
-    if rec is None or not rec.done or rec.rejected:
-        return None
-    return {"waiting_s": rec.prefill_start_s - rec.arrival_s,
-            "ttft_s": rec.first_token_s - rec.arrival_s,
-            "e2e_s": rec.end_s - rec.arrival_s}[metric]
-
-
 def paired(real, sim) -> list[dict]:
     """One row per request of the real run: id, prompt and output tokens, and per metric
-    ``{metric: (real, simulated)}`` (None where a run did not finish the request)."""
+    ``{metric: (real, simulated)}`` (None where a run did not finish the request) — from
+    :func:`~e2llm_lite.serving.metrics.request_rows` of both runs."""
+    sims = {r["request"]: r for r in request_rows(sim.records.values())}
     rows = []
-    for rid in sorted(real.records):
-        a, b = real.records[rid], sim.records.get(rid)
-        row = {"id": rid, "prompt_tokens": a.prompt_tokens, "output_tokens": a.output_tokens,
-               "replica": a.prefill_replica}
+    for a in request_rows(real.records.values()):
+        b = sims.get(a["request"], {})
+        finished = lambda row: row.get("e2e_s") is not None    # noqa: E731 - done, not rejected
+        row = {"id": a["request"], "prompt_tokens": a["prompt_tokens"],
+               "output_tokens": a["output_tokens"], "replica": a["prefill_replica"]}
         for m in METRICS:
-            row[m] = (_value(a, m), _value(b, m))
+            row[m] = (a[m] if finished(a) else None, b.get(m) if finished(b) else None)
         rows.append(row)
     return rows
 
