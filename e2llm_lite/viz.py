@@ -666,7 +666,7 @@ def plot_serving_timeline(result, t0: float = 0.0, t1: float | None = None, ax=N
     ax.legend(handles=[Patch(color="tab:blue", label="prefill"), Patch(color="tab:orange",
                        label="decode step"), Patch(color="tab:purple", label="prefill + decode"),
                        Patch(color="tab:green", label="KV hand-off (arrow)")],
-              loc="upper right", ncol=4, fontsize=9)
+              loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)   # beside the bars
     ax.set_title(title or "what each replica runs over time")
     fig.tight_layout()
     return fig
