@@ -556,12 +556,11 @@ class EmulatedCluster:
         def probe(phase, size):
             """Run one probe on every device at once (staggered), collect the results."""
             batch = size if phase == "decode" else 0
+            kw = dict(batch=size, context=context) if batch else dict(tokens=size)
             preds, gaps = {}, {}
             for n in names:
                 st, dev = self.placements[n], self.cluster.device(n)
-                preds[n] = (cm.host_stage_ms(st.start, st.end, "prefill", tokens=size) if not batch
-                            else cm.host_stage_ms(st.start, st.end, "decode", batch=size,
-                                                  context=context))
+                preds[n] = cm.host_stage_ms(st.start, st.end, phase, **kw)
                 speed = getattr(dev, f"{phase}_speed")
                 gaps[n] = max(prefill_idle_ms if phase == "prefill" else decode_idle_ms,
                               preds[n] * max(0.0, self.dilation / speed - 1))
