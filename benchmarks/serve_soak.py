@@ -26,7 +26,7 @@ from e2llm_lite.planning.ga import GAConfig
 from e2llm_lite.runtime.driver import EmulatedCluster
 from e2llm_lite.serving.emulated import serve_requests
 from e2llm_lite.serving.prompts import prompt_ids
-from e2llm_lite.serving.saturation import saturation_rps
+from e2llm_lite.serving.saturation import burst_throughput_rps
 from e2llm_lite.workload import workload_from_spec
 
 MIB = 2 ** 20
@@ -66,7 +66,7 @@ def main() -> None:
     plan = make_plan(cluster, "e2llm", wl(1.0), 1.0, seed=args.seed, costmodel=cm,
                      config=GAConfig(population=16, generations=10, patience=4),
                      roles=("prefill", "decoder"))
-    capacity = saturation_rps(plan, cluster, wl(1.0), n=args.requests, costmodel=cm)
+    capacity = burst_throughput_rps(plan, cluster, wl(1.0), n=args.requests, costmodel=cm)
     requests = wl(args.load * capacity).generate(n=args.requests)
     prompts = {r.id: prompt_ids(tok, r.prompt_tokens, r.id) for r in requests}
     wanted = {r.id: r.output_tokens for r in requests}

@@ -26,7 +26,7 @@ from e2llm_lite.runtime.driver import EmulatedCluster
 from e2llm_lite.serving.emulated import serve_requests
 from e2llm_lite.serving.fidelity import METRICS, error_table
 from e2llm_lite.serving.prompts import prompt_ids
-from e2llm_lite.serving.saturation import saturation_rps
+from e2llm_lite.serving.saturation import burst_throughput_rps
 from e2llm_lite.serving.simulator import simulate_requests
 from e2llm_lite.workload import workload_from_spec
 
@@ -60,7 +60,7 @@ def main() -> None:
         plan = make_plan(cluster, strategy, workload(1.0, args.prompt_scale, args.seed), 1.0,
                          seed=args.seed, costmodel=cm,
                          config=GAConfig(population=16, generations=10, patience=4), **kw)
-        capacity = saturation_rps(plan, cluster, workload(1.0, args.prompt_scale, args.seed),
+        capacity = burst_throughput_rps(plan, cluster, workload(1.0, args.prompt_scale, args.seed),
                                   n=args.requests, costmodel=cm)
         rate = args.load * capacity
         requests = stream(rate, args.requests, args.prompt_scale, args.seed)

@@ -382,10 +382,10 @@ def _serving_requests(args, plan, scale: float = 1.0):
     lengths x ``scale`` (``serve --prompt-scale``: :meth:`~e2llm_lite.workload.LengthDist.scaled`)."""
     from pathlib import Path
 
-    from .workload import PROFILE_FIGURES, workload_from_spec
+    from .workload import PROFILES, workload_from_spec
 
     spec = args.workload or plan.workload.name
-    is_profile = spec.strip().lower() in PROFILE_FIGURES
+    is_profile = spec.strip().lower() in PROFILES
     if args.rate is not None and args.time_scale is not None:
         raise ValueError("give either --rate (Poisson arrivals) or --time-scale (a trace's own "
                          "arrival times, stretched), not both")

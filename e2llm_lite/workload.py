@@ -71,7 +71,7 @@ from .model import ANATOMY
 from .traces import (TRACE_COLUMNS, Request, Trace, length_stats, load_trace, parse_timestamp, read_only,
                      read_trace, request_stats)
 
-__all__ = ["ARRIVALS", "CONTEXT_TOKENS", "PROFILE_FIGURES", "TRACE_COLUMNS", "LengthDist", "Request", "Trace",
+__all__ = ["ARRIVALS", "CONTEXT_TOKENS", "PROFILES", "PROFILE_FIGURES", "TRACE_COLUMNS", "LengthDist", "Request", "Trace",
            "Workload", "load_trace", "parse_timestamp", "read_trace", "request_stats", "workload_from_spec"]
 
 #: Positions the model holds (SmolLM2-135M: 8192): a request's prompt + output must fit.
@@ -83,6 +83,9 @@ PROFILE_FIGURES: dict[str, dict[str, float]] = {
     "code": {"prompt_median": 1469, "prompt_mean": 2048, "output_median": 13, "output_mean": 28},
     "conv": {"prompt_median": 1020, "prompt_mean": 1155, "output_median": 129, "output_mean": 211},
 }
+
+#: The built-in workload names: the two fitted profiles and ``mix`` (code shifting to conv).
+PROFILES: tuple[str, ...] = ("code", "conv", "mix")
 
 ARRIVALS = ("poisson", "bursty", "trace")
 
@@ -123,7 +126,7 @@ class LengthDist:
     """
 
     name: str
-    kind: Literal["lognormal", "empirical"]
+    kind: Literal["lognormal", "empirical", "mixture"]
     #: lognormal: (prompt mu, prompt sigma, output mu, output sigma) of ln(tokens)
     params: tuple[float, float, float, float] | None = None
     #: empirical: the pairs resampled (int arrays, >= 1)
@@ -134,9 +137,18 @@ class LengthDist:
     max_prompt: int | None = None
     max_output: int | None = None
     context: int = CONTEXT_TOKENS
+    #: mixture: the two unscaled components, the share drawn from the second, and the ramp flag
+    parts: tuple | None = field(default=None, repr=False)
+    weight: float = 0.5
+    ramp: bool = False
 
     def __post_init__(self):
-        if self.kind == "lognormal":
+        if self.kind == "mixture":
+            if self.parts is None or len(self.parts) != 2 or not all(isinstance(p, LengthDist) for p in self.parts):
+                raise ValueError("a mixture LengthDist needs parts=(first, second), two LengthDists")
+            if not (isinstance(self.weight, (int, float)) and 0 <= self.weight <= 1):
+                raise ValueError(f"a mixture's weight must be in [0, 1], got {self.weight!r}")
+        elif self.kind == "lognormal":
             if self.params is None or len(self.params) != 4:
                 raise ValueError("a lognormal LengthDist needs params=(mu_p, sigma_p, mu_o, sigma_o)")
         elif self.kind == "empirical":
@@ -173,12 +185,36 @@ class LengthDist:
     @classmethod
     def profile(cls, name: str, context: int = CONTEXT_TOKENS) -> "LengthDist":
         """A built-in profile fitted to the Azure LLM inference trace 2023: ``"code"`` or
-        ``"conv"`` (see :data:`PROFILE_FIGURES`)."""
+        ``"conv"`` (see :data:`PROFILE_FIGURES`), or ``"mix"``: a stream that shifts from code to
+        conv (:meth:`mixture` with ``ramp=True``)."""
         key = str(name).strip().lower()
+        if key == "mix":
+            return cls.mixture(cls.profile("code", context), cls.profile("conv", context), ramp=True,
+                               name="mix", context=context)
         if key not in PROFILE_FIGURES:
             raise ConfigError(f"unknown workload profile {name!r}; known profiles: "
-                              f"{', '.join(sorted(PROFILE_FIGURES))}")
+                              f"{', '.join(PROFILES)}")
         return cls.lognormal(**PROFILE_FIGURES[key], name=key, context=context)
+
+    @classmethod
+    def mixture(cls, first: "LengthDist", second: "LengthDist", weight: float = 0.5, *,
+                ramp: bool = False, name: str | None = None,
+                context: int = CONTEXT_TOKENS) -> "LengthDist":
+        """Requests drawn from ``first`` or ``second`` (their raw draws; this distribution's own
+        scale / caps / context shape them). Stationary: each request comes from ``second`` with
+        probability ``weight`` (0 = all ``first``, 1 = all ``second``). ``ramp=True``: a stream
+        that shifts from one to the other — request ``i`` of a sample of ``n`` comes from
+        ``second`` with probability ``i / (n - 1)`` (``weight`` is then ignored; the summaries are
+        the ramp's average, i.e. the 50/50 mixture). Components must be unscaled and uncapped.
+        A mixture's sample of ``n`` is not a prefix of a longer one (the ramp depends on ``n``)."""
+        for p in (first, second):
+            if p.prompt_scale != 1 or p.output_scale != 1 or p.max_prompt or p.max_output:
+                raise ValueError("a mixture's components must be unscaled and uncapped (scale the mixture)")
+        if not 0 <= weight <= 1:
+            raise ValueError(f"a mixture's weight must be in [0, 1], got {weight!r}")
+        label = name or (f"{first.name}->{second.name}" if ramp else f"{first.name}+{second.name}@{weight:g}")
+        return cls(name=label, kind="mixture", parts=(first, second), weight=float(weight),
+                   ramp=bool(ramp), context=context)
 
     @classmethod
     def from_pairs(cls, prompts, outputs, name: str = "empirical",
@@ -220,6 +256,14 @@ class LengthDist:
         for an empirical distribution, the resampled counts). One draw per request in order, so a
         longer sample extends a shorter one from the same generator state."""
         g = _rng(rng)
+        if self.kind == "mixture":
+            if self.ramp:
+                share = np.arange(n) / (n - 1) if n > 1 else np.zeros(n)
+            else:
+                share = np.full(n, self.weight)
+            pick = g.random(n) < share
+            (p1, o1), (p2, o2) = (part.sample_raw(n, g) for part in self.parts)
+            return np.where(pick, p2, p1), np.where(pick, o2, o1)
         if self.kind == "lognormal":
             mp, sp, mo, so = self.params
             z = g.standard_normal((n, 2))
@@ -403,7 +447,7 @@ def workload_from_spec(spec: str | os.PathLike, rate: float | None, seed: int = 
                        context: int = CONTEXT_TOKENS) -> Workload:
     """``--workload code|conv|FILE`` -> :class:`Workload`.
 
-    * ``"code"`` / ``"conv"`` (a profile name wins over a file of that name; write ``./code`` for
+    * ``"code"`` / ``"conv"`` / ``"mix"`` (a profile name wins over a file of that name; write ``./code`` for
       the file): the built-in lengths, ``arrival`` default ``"poisson"``; ``rate`` is required.
     * a trace CSV path: ``arrival`` default ``"trace"`` (replay, scaled so the mean rate is
       ``rate``, or the trace's own rate if ``rate`` is None); with ``"poisson"`` / ``"bursty"``
@@ -414,7 +458,7 @@ def workload_from_spec(spec: str | os.PathLike, rate: float | None, seed: int = 
     text = os.fspath(spec)
     if arrival is not None and arrival not in ARRIVALS:
         raise ConfigError(f"unknown arrival process {arrival!r}; known: {', '.join(ARRIVALS)}")
-    if text.strip().lower() in PROFILE_FIGURES:
+    if text.strip().lower() in PROFILES:
         if arrival == "trace":
             raise ConfigError(f"arrival 'trace' needs a trace file, not the profile {text!r}")
         if rate is None:
@@ -425,7 +469,7 @@ def workload_from_spec(spec: str | os.PathLike, rate: float | None, seed: int = 
     path = Path(text).expanduser()
     if not path.exists():
         raise ConfigError(f"workload {text!r} is neither a known profile "
-                          f"({', '.join(sorted(PROFILE_FIGURES))}) nor an existing trace file")
+                          f"({', '.join(PROFILES)}) nor an existing trace file")
     trace = read_trace(path).window(start_s, limit)
     if not math.isfinite(trace.rate):
         raise ConfigError(f"trace {path}: its {len(trace)} request(s) arrive at one instant, so it "

@@ -339,20 +339,20 @@ def test_decode_microbatches_overlap_on_a_multi_stage_decoder(plans):
 def test_saturation_rate_is_the_burst_throughput_deterministic_and_checked():
     from e2llm_lite.devices import default_cluster
     from e2llm_lite.planning import make_plan
-    from e2llm_lite.serving.saturation import BURST_RATE, saturation_rps
+    from e2llm_lite.serving.saturation import BURST_RATE, burst_throughput_rps
     from e2llm_lite.serving.simulator import simulate_requests
     from e2llm_lite.workload import workload_from_spec
 
     cluster = default_cluster(2)
     plan = make_plan(cluster, "splitwise", "conv", 1.0)
     wl = workload_from_spec("conv", 0.5, seed=3, prompt_scale=0.1, output_scale=0.1)
-    sat = saturation_rps(plan, cluster, wl, n=30)
+    sat = burst_throughput_rps(plan, cluster, wl, n=30)
     burst = workload_from_spec("conv", BURST_RATE, seed=3, prompt_scale=0.1,
                                output_scale=0.1).generate(n=30)
     assert sat == simulate_requests(plan, cluster, burst).metrics()["throughput_rps"] > 0
-    assert saturation_rps(plan, cluster, wl, n=30) == sat                 # deterministic
+    assert burst_throughput_rps(plan, cluster, wl, n=30) == sat                 # deterministic
     # below its saturation rate the plan keeps up; well above it, it cannot
     calm = simulate_requests(plan, cluster, wl.__class__(wl.lengths, 0.3 * sat, seed=3).generate(n=30))
     assert calm.metrics()["throughput_rps"] == pytest.approx(0.3 * sat, rel=0.5)
     with pytest.raises(ValueError, match="at least 2"):
-        saturation_rps(plan, cluster, wl, n=1)
+        burst_throughput_rps(plan, cluster, wl, n=1)

@@ -71,6 +71,7 @@ __all__ = [
     "simple_groups",
     "splitwise_grouping",
     "splitwise_plan",
+    "splitwise_roles",
 ]
 
 
@@ -135,7 +136,14 @@ def pipeline_grouping(problem: SearchProblem) -> Grouping:
 
 def splitwise_grouping(problem: SearchProblem, mixed_pool: bool = True) -> Grouping:
     """:func:`simple_groups` with the roles of Splitwise's provisioning (module docstring)."""
-    groups = simple_groups(problem)
+    return splitwise_roles(problem, simple_groups(problem), mixed_pool)
+
+
+def splitwise_roles(problem: SearchProblem, groups, mixed_pool: bool = True) -> Grouping:
+    """Splitwise's provisioning (module docstring) on the given ``groups`` (tuples of device
+    indices, each able to hold the model): prompt / mixed / token pools, the best split by the
+    evaluator."""
+    groups = [tuple(sorted(g)) for g in groups]
     k = len(groups)
     if k == 1:
         return canonical([(groups[0], "both")])
