@@ -523,6 +523,130 @@ def cmd_simulate(args) -> dict:
     return out
 
 
+def _csv_floats(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals or any(not (v > 0 and v < float("inf")) for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return vals
+
+
+def cmd_compare(args) -> dict:
+    """E2LLM vs Splitwise (and the other strategies) on the simulator: the same devices and
+    request streams at loads relative to Splitwise's sustainable rate; tables, plots, JSON."""
+    import time
+    from pathlib import Path
+
+    from .compare import compare
+    from .compare.loadmap import load_map
+    from .compare.plots import (plot_comparison_cdfs, plot_plans, plot_ratio_map, plot_ratio_vs_load,
+                                plot_waiting_vs_load)
+    from .compare.report import format_table, headline_lines, write_csv, write_markdown
+    from .compare.strategies import ALL_STRATEGIES, DEFAULT_STRATEGIES
+    from .costmodel import CostModel
+    from .devices import load_cluster
+    from .planning.ablations import ABLATIONS
+    from .workload import workload_from_spec
+
+    strategies = list(DEFAULT_STRATEGIES) if args.strategies is None else \
+        [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in ALL_STRATEGIES]
+    if unknown or not strategies:
+        raise ValueError(f"unknown strategy {', '.join(unknown) or '(none given)'}; use one of "
+                         f"{', '.join(ALL_STRATEGIES)}")
+    if args.ablations:
+        strategies += [a for a in ABLATIONS if a not in strategies]
+    cluster = load_cluster(args.cluster)
+    cm = CostModel.load(args.profile) if args.profile else CostModel.load()
+    wl = workload_from_spec(args.workload, 1.0)
+    say = (lambda *a: None) if args.json else print
+    show = not args.json and sys.stderr.isatty()
+    bar = None
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(total=1, unit="run", file=sys.stderr, leave=False)
+
+    def progress(done, total, text):
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.set_description_str(text[:60])
+            bar.refresh()
+
+    t0 = time.perf_counter()
+    say(f"comparing {', '.join(strategies)} on {cluster.name!r} ({len(cluster)} devices) for "
+        f"workload {args.workload!r}: loads {', '.join(f'{x:g}' for x in args.loads)} x Splitwise's "
+        f"sustainable rate, {args.seeds} seed(s), {args.requests} requests per run")
+    try:
+        comp = compare(cluster, wl, loads=args.loads, strategies=strategies,
+                       seeds=range(args.seeds), n=args.requests, costmodel=cm, progress=progress,
+                       keep_records=True)
+        lmap = None
+        if args.map:
+            progress(0, 1, "load x workload map")
+            lmap = load_map(cluster, loads=[x for x in args.loads if x <= 1.0] or args.loads,
+                            seeds=range(args.seeds), n=min(args.requests, 300), costmodel=cm,
+                            progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    out = comp.to_json()
+    say(f"Splitwise sustains {comp.saturation_rps:.4g} requests/s (simulated, "
+        f"{len(comp.saturation_probes)} probes); loads are fractions of it")
+    say(format_table(comp))
+    for line in headline_lines(comp)[1:]:
+        say(line)
+    if lmap is not None:
+        out["map"] = lmap.to_json()
+        say("E2LLM / Splitwise mean waiting over load (rows) x conv share (columns):")
+        say("        " + " ".join(f"{w:>6g}" for w in lmap.mixes))
+        for x, row in zip(lmap.loads, lmap.ratio):
+            say(f"  {x:4g}x " + " ".join("  sat." if v != v else f"{v:6.2f}" for v in row))
+    if args.real:
+        from .compare.real import real_pair
+
+        say("the headline pair on the emulated devices (real model, real processes) ...")
+        real = real_pair(cluster, args.workload, load=args.real_load, n_requests=args.real_requests,
+                         prompt_scale=args.prompt_scale, costmodel=cm, progress=show)
+        out["real"] = real
+        for m in ("waiting_s", "ttft_s", "e2e_s"):
+            rr, rs = real["ratio_real"].get(m), real["ratio_sim"].get(m)
+            say(f"  E2LLM / Splitwise {m[:-2]:8s} real {_ratio(rr)}  simulated {_ratio(rs)}  "
+                f"{'same direction' if real['agree'].get(m) else 'DIFFERENT direction' if real['agree'].get(m) is False else ''}")
+    if args.out:
+        d = Path(args.out)
+        d.mkdir(parents=True, exist_ok=True)
+        figs = {"waiting vs load": d / "waiting_vs_load.png", "ratios vs load": d / "ratio_vs_load.png",
+                "plans": d / "plans.png"}
+        plot_waiting_vs_load(comp).savefig(figs["waiting vs load"], dpi=110, bbox_inches="tight")
+        if "e2llm" in strategies:
+            plot_ratio_vs_load(comp).savefig(figs["ratios vs load"], dpi=110, bbox_inches="tight")
+        else:
+            del figs["ratios vs load"]
+        high = [e["load"] for e in comp.results if e["strategy"] == "splitwise" and not e["saturated"]]
+        if high:
+            figs["CDFs at high load"] = d / "cdfs_high_load.png"
+            plot_comparison_cdfs(comp, max(high)).savefig(figs["CDFs at high load"], dpi=110,
+                                                          bbox_inches="tight")
+        plot_plans(comp).savefig(figs["plans"], dpi=100, bbox_inches="tight")
+        if lmap is not None:
+            figs["ratio map"] = d / "ratio_map.png"
+            plot_ratio_map(lmap).savefig(figs["ratio map"], dpi=110, bbox_inches="tight")
+        write_csv(comp.results, d / "summary.csv")
+        write_markdown(comp, d / "summary.md", figs)
+        (d / "summary.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+        out["files"] = sorted(str(p) for p in d.iterdir())
+        say(f"wrote {d / 'summary.md'}, summary.csv, summary.json and {len(figs)} figure(s) in {d}")
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _ratio(x) -> str:
+    return "   -  " if x is None else f"{x:6.2f}"
+
+
 def _plan_refined(args, cluster, cm, wl, stats, roles, cfg, say):
     """``plan --refine-sim K``: the GA, then its K best distinct candidates re-ranked by
     simulating ``--refine-requests`` requests of the workload (e2llm_lite.serving.refine)."""
@@ -639,6 +763,34 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(the scheduler on the discrete-event simulator)"))
     _serving_args(sm)
     sm.set_defaults(func=cmd_simulate)
+
+    cp = common(sub.add_parser("compare", help="E2LLM vs Splitwise and the other strategies in the "
+                                                "simulator, at loads relative to Splitwise's capacity"))
+    cp.add_argument("--cluster", default="mixed8", help="a cluster.json or a preset (default mixed8)")
+    cp.add_argument("--workload", default="conv", help="code, conv, mix (code shifting to conv) or "
+                    "a trace CSV (replayed, time-scaled to each load) (default conv)")
+    cp.add_argument("--loads", type=_csv_floats, default=[0.3, 0.5, 0.7, 0.9, 1.1],
+                    help="fractions of Splitwise's sustainable rate (default 0.3,0.5,0.7,0.9,1.1)")
+    cp.add_argument("--strategies", help="comma-separated (default e2llm,splitwise,colocated,"
+                    "pipeline,exo; also e2llm-no-ga, e2llm-no-dp, e2llm-no-roles, e2llm-splitwise-roles)")
+    cp.add_argument("--ablations", action="store_true", help="add E2LLM's four ablations")
+    cp.add_argument("--seeds", type=_whole(1), default=1, help="seeds 0..N-1: request streams and "
+                    "GA seeds (default 1)")
+    cp.add_argument("--requests", type=_whole(10), default=400, help="requests per run (default 400)")
+    cp.add_argument("--map", action="store_true", help="also map the E2LLM / Splitwise waiting "
+                    "ratio over load x workload mix (heatmap with the 0.5 contour)")
+    cp.add_argument("--real", action="store_true", help="also run the E2LLM / Splitwise pair on the "
+                    "emulated devices (prompt-scaled) next to the simulator's prediction")
+    cp.add_argument("--real-load", type=_positive_float, default=0.9, help="load of the --real "
+                    "run (default 0.9)")
+    cp.add_argument("--real-requests", type=_whole(1), default=12, help="requests of the --real run "
+                    "(default 12)")
+    cp.add_argument("--prompt-scale", type=_positive_float, default=0.05, help="--real: prompt and "
+                    "output length scale (default 0.05)")
+    cp.add_argument("--out", default="compare-out", help="folder for summary.md/.csv/.json and the "
+                    "figures (default compare-out)")
+    cp.add_argument("--profile", help="cost-model profile (default: the shipped reference)")
+    cp.set_defaults(func=cmd_compare)
 
     sv = common(sub.add_parser("serve", help="serve a workload with a plan for real: the same "
                                               "scheduler driving the emulated devices"))

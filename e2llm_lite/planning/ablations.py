@@ -36,7 +36,7 @@ from . import baselines
 from .ga import GAConfig, ga_search
 from .plan import Plan
 from .problem import SearchProblem, canonical
-from .replica_planner import ReplicaPlanner, _Cached
+from .replica_planner import ReplicaPlanner, SolvedSplit
 
 __all__ = ["ABLATIONS", "EvenSplitPlanner", "MAX_EXHAUSTIVE_GROUPS", "ablation_plan"]
 
@@ -49,7 +49,7 @@ class EvenSplitPlanner(ReplicaPlanner):
     memory first) instead of running the DP; the decode batch is the best the split holds
     (:meth:`ReplicaPlanner.best_batch`). None when the even split does not fit."""
 
-    def _solve(self, order: list[int], role: str, objective: str | None = None) -> _Cached | None:
+    def _solve(self, order: list[int], role: str, objective: str | None = None) -> SolvedSplit | None:
         order = sorted(order, key=lambda i: (-self.mem[i], i))
         n_layers = self.anatomy.n_layers
         if len(order) > n_layers:
@@ -62,7 +62,7 @@ class EvenSplitPlanner(ReplicaPlanner):
             return None
         self.dp_runs += 1
         batch, figures = best
-        return _Cached(stages, batch, figures)
+        return SolvedSplit(stages, batch, figures)
 
     def _replica(self, order, role, found, name):
         # _solve re-ordered the devices: map its positions through the same order

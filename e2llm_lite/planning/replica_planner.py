@@ -85,7 +85,7 @@ _OBJECTIVE = {"prefill": "bottleneck", "decoder": "latency", "both": "bottleneck
 
 
 @dataclass
-class _Cached:
+class SolvedSplit:
     """A cached DP result in positions of the signature's sorted order (None = infeasible)."""
 
     stages: tuple[tuple[int, int, int], ...]
@@ -259,7 +259,7 @@ class ReplicaPlanner:
         links = tuple(link[a][b] for a in order for b in order if a != b)
         return (role, tuple(spec[i] for i in order), links), order
 
-    def _solve(self, order: list[int], role: str, objective: str | None = None) -> _Cached | None:
+    def _solve(self, order: list[int], role: str, objective: str | None = None) -> SolvedSplit | None:
         """The DP over the role's batch candidates (module docstring); None if nothing fits."""
         idx = np.array(order, dtype=np.intp)
         objective = objective or _OBJECTIVE[role]
@@ -277,10 +277,10 @@ class ReplicaPlanner:
             figures = self.time_split(idx, role, batch, part.stages, part.exact)
             value = self.throughput(role, batch, figures)
             if value > best_value * (1 + 1e-12):
-                best, best_value = _Cached(part.stages, batch, figures), value
+                best, best_value = SolvedSplit(part.stages, batch, figures), value
         return best
 
-    def _replica(self, order: Sequence[int], role: str, found: _Cached, name: str) -> ReplicaPlan:
+    def _replica(self, order: Sequence[int], role: str, found: SolvedSplit, name: str) -> ReplicaPlan:
         stages = tuple((self.names[order[d]], s, e) for d, s, e in found.stages)
         return ReplicaPlan.build(role, stages, found.batch, reserve(role, self.stats, found.batch),
                                  found.figures, name)
@@ -392,6 +392,6 @@ def plan_replica(cluster, device_names: Iterable, role: str, costmodel: CostMode
             part = partition(**planner.dp_inputs(idx, role, batch).kwargs(), objective=objective)
         except InfeasiblePlan:
             continue
-        found = _Cached(part.stages, batch, planner.time_split(idx, role, batch, part.stages, part.exact))
+        found = SolvedSplit(part.stages, batch, planner.time_split(idx, role, batch, part.stages, part.exact))
         return planner._replica(order, role, found, "r0")
     return planner.plan(device_names, role)  # raises with the figures
