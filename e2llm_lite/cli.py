@@ -219,6 +219,10 @@ def cmd_worker(args) -> dict:
 
 
 def cmd_demo(args) -> dict:
+    """The main job: (1) the real model split over emulated devices gives the single-process
+    tokens; (2) E2LLM and Splitwise plans serve a few real requests on emulated devices, next to
+    the simulator's figures for the same requests; (3) the comparison in the simulator (table and
+    figures)."""
     import time
 
     from .generation import greedy_decode, reference_generate, stages_forward
@@ -271,10 +275,77 @@ def cmd_demo(args) -> dict:
         f"{end_ms:.0f} ms of device time (clock dilated {rt.dilation:g}x), overruns: {overruns}")
     if not emu_same:
         raise E2LLMError("emulated devices' tokens differ from the single-process model")
-    return {"text": gen.text, "tokens": gen.tokens, "reference_tokens": ref, "identical": same,
-            "stages": [list(r) for r in ranges],
-            "emulated": {"devices": placement, "identical": emu_same, "device_time_ms": end_ms,
-                         "dilation": rt.dilation, "overruns": overruns, "report": report}}
+    out = {"text": gen.text, "tokens": gen.tokens, "reference_tokens": ref, "identical": same,
+           "stages": [list(r) for r in ranges],
+           "emulated": {"devices": placement, "identical": emu_same, "device_time_ms": end_ms,
+                        "dilation": rt.dilation, "overruns": overruns, "report": report}}
+    if args.model_only:
+        return out
+    out["real_pair"] = _demo_real(args, say)
+    out["comparison"] = _demo_compare(args, say)
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    say(f"\ndemo finished in {out['wall_s']:.0f} s; figures and summary in {args.out}/")
+    return out
+
+
+def _demo_real(args, say) -> dict:
+    """Demo part 2: E2LLM and Splitwise plans of ``--real-cluster`` serve the same few requests
+    on the emulated devices (real model), with the simulator's figures for the same requests."""
+    from .compare.real import real_pair
+    from .devices import load_cluster
+
+    cluster = load_cluster(args.real_cluster)
+    say(f"\nE2LLM and Splitwise plans of {cluster.name!r} ({len(cluster)} devices) serve the same "
+        f"{args.real_requests} conv requests (lengths x {args.prompt_scale:g}) on the emulated "
+        f"devices, at {args.real_load:g} x Splitwise's sustainable rate (uncalibrated, for time: "
+        f"`compare --real` calibrates) ...")
+    real = real_pair(cluster, "conv", load=args.real_load, n_requests=args.real_requests,
+                     prompt_scale=args.prompt_scale, progress=not args.json and sys.stderr.isatty(),
+                     calibrate=False)
+    for name, r in real["strategies"].items():
+        say(f"  {name}: " + ", ".join(f"{m[:-2]} real {r['real'][m]:.3g} s / simulated {r['sim'][m]:.3g} s"
+                                      for m in ("waiting_s", "ttft_s", "e2e_s")
+                                      if r["real"].get(m) is not None and r["sim"].get(m) is not None)
+            + f" ({r['wall_s']:.0f} s wall, dilation {r['dilation']:g})")
+        for rid, text in list(r["texts"].items())[:2]:
+            say(f"    request {rid}: {text!r}")
+    for m in ("waiting_s", "ttft_s", "e2e_s"):
+        rr, rs = real["ratio_real"].get(m), real["ratio_sim"].get(m)
+        if rr is not None and rs is not None:
+            say(f"  E2LLM / Splitwise mean {m[:-2]}: real {rr:.2f}, simulated {rs:.2f} "
+                f"({'same direction' if real['agree'].get(m) else 'different direction'})")
+    return real
+
+
+def _demo_compare(args, say) -> dict:
+    """Demo part 3: the comparison on ``--cluster`` in the simulator; table and figures."""
+    from pathlib import Path
+
+    from .compare import compare
+    from .compare.plots import plot_plans, plot_ratio_vs_load, plot_waiting_vs_load
+    from .compare.report import format_table, headline_lines, write_csv, write_markdown
+    from .devices import load_cluster
+    from .workload import workload_from_spec
+
+    cluster = load_cluster(args.cluster)
+    loads = (0.5, 0.9, 1.1)
+    say(f"\nthe comparison in the simulator: {cluster.name!r}, conv, loads {', '.join(map(str, loads))} "
+        f"x Splitwise's sustainable rate, {args.requests} requests per run ...")
+    comp = compare(cluster, workload_from_spec("conv", 1.0), loads=loads,
+                   strategies=("e2llm", "splitwise", "colocated"), n=args.requests)
+    say(format_table(comp))
+    for line in headline_lines(comp):
+        say(line)
+    d = Path(args.out)
+    d.mkdir(parents=True, exist_ok=True)
+    figs = {"waiting vs load": d / "waiting_vs_load.png", "ratios vs load": d / "ratio_vs_load.png",
+            "plans": d / "plans.png"}
+    plot_waiting_vs_load(comp).savefig(figs["waiting vs load"], dpi=110, bbox_inches="tight")
+    plot_ratio_vs_load(comp).savefig(figs["ratios vs load"], dpi=110, bbox_inches="tight")
+    plot_plans(comp).savefig(figs["plans"], dpi=100, bbox_inches="tight")
+    write_csv(comp.results, d / "summary.csv")
+    write_markdown(comp, d / "summary.md", figs)
+    return comp.to_json()
 
 
 def cmd_profile(args) -> dict:
@@ -686,10 +757,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print results as JSON on stdout")
         return sp
 
-    d = common(sub.add_parser("demo", help="the main job: the real model split over stages"))
+    d = common(sub.add_parser("demo", help="the main job: the real model on emulated devices, E2LLM vs Splitwise for real and in the simulator"))
     d.add_argument("--prompt", default=DEFAULT_PROMPT)
     d.add_argument("--max-new-tokens", type=_whole(1), default=24)
     d.add_argument("--slices", type=_whole(1), default=3)
+    d.add_argument("--cluster", default="mixed8", help="cluster of the simulated comparison (default mixed8)")
+    d.add_argument("--real-cluster", default="home4", help="cluster of the real E2LLM / Splitwise "
+                   "pair (default home4)")
+    d.add_argument("--real-requests", type=_whole(2), default=6, help="requests of the real pair (default 6)")
+    d.add_argument("--real-load", type=_positive_float, default=0.9, help="load of the real pair, x "
+                   "Splitwise's sustainable rate (default 0.9)")
+    d.add_argument("--prompt-scale", type=_positive_float, default=0.05,
+                   help="real pair: prompt and output length scale (default 0.05)")
+    d.add_argument("--requests", type=_whole(10), default=300, help="requests per simulated run (default 300)")
+    d.add_argument("--out", default="demo-out", help="folder for the figures and summary (default demo-out)")
+    d.add_argument("--model-only", action="store_true", help="only part 1: the model on emulated devices")
     d.set_defaults(func=cmd_demo)
 
     g = common(sub.add_parser("generate", help="greedy generation from a chat prompt"))

@@ -4,7 +4,9 @@ Steps (all on the simulator's virtual clock, so the figures are deterministic):
 
 1. **Saturation.** Splitwise's sustainable rate ``S`` (requests/s) for the workload:
    :func:`~e2llm_lite.serving.saturation.sustainable_rps` with Splitwise re-provisioned for every
-   rate tried, on the stream of seed ``seeds[0]`` (the first window of a trace).
+   rate tried, on the stream of seed ``seeds[0]``. A trace's windows differ (time of day, bursts,
+   lengths), so for a trace each seed's window gets its own ``S`` (``saturation_by_seed``; the
+   entries' ``rate_rps`` is then the mean over seeds).
 2. **Streams.** For each seed and load ``x``: ``n`` requests of the workload at rate ``x * S``
    (profiles: Poisson arrivals drawn from the seed; a trace: its own arrival times, time-scaled
    to that mean rate, window ``k`` of ``n`` consecutive rows for the ``k``-th seed).
@@ -69,6 +71,7 @@ class Comparison:
     plans: dict = field(default_factory=dict)
     records: dict = field(default_factory=dict, repr=False)
     saturation_probes: list = field(default_factory=list)
+    saturation_by_seed: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -76,6 +79,7 @@ class Comparison:
                 "saturation_rps": self.saturation_rps, "saturation_strategy": BASELINE,
                 "saturation_rule": f"highest Poisson rate whose waiting grows <= {GROWTH_LIMIT} s/s",
                 "saturation_probes": [{"rate_rps": r, "growth": g} for r, g in self.saturation_probes],
+                "saturation_rps_by_seed": {str(k): v for k, v in self.saturation_by_seed.items()},
                 "loads": list(self.loads), "strategies": list(self.strategies),
                 "seeds": list(self.seeds), "requests": self.requests, "results": self.results,
                 "runs": self.runs, "seconds": round(self.seconds, 1)}
@@ -126,7 +130,7 @@ def _aggregate(runs: list, strategies, loads) -> list:
         base_sat = base is None or any(r["saturated"] for r in base)
         for s in strategies:
             rs = by[(s, load)]
-            e = {"strategy": s, "load": load, "rate_rps": rs[0]["rate_rps"],
+            e = {"strategy": s, "load": load, "rate_rps": float(np.mean([r["rate_rps"] for r in rs])),
                  "saturated": any(r["saturated"] for r in rs),
                  "seeds_saturated": sum(r["saturated"] for r in rs), "seeds": len(rs),
                  "growth": float(np.mean([r["growth"] for r in rs])),
@@ -207,21 +211,26 @@ def compare(cluster, workload: Workload, *, loads=DEFAULT_LOADS, strategies=DEFA
         if progress:
             progress(done, total, text)
 
+    def search(k: int, seed: int):
+        base = _window(first, k, n) if first.arrival == "trace" else first
+        tick(f"finding Splitwise's sustainable rate (seed {seed})")
+        return sustainable_rps(lambda r: plan_strategy(BASELINE, cluster, stats, r, seed=seed, costmodel=cm),
+                               cluster, base, n=n, costmodel=cm,
+                               progress=lambda r, g: tick(f"saturation probe {r:.3g} req/s: growth {g:.3f}"))
+
     probes = []
     if saturation_rps is None:
-        base = _window(first, 0, n) if first.arrival == "trace" else first
-        tick("finding Splitwise's sustainable rate")
-        found = sustainable_rps(lambda r: plan_strategy(BASELINE, cluster, stats, r, seed=seeds[0],
-                                                        costmodel=cm),
-                                cluster, base, n=n, costmodel=cm,
-                                progress=lambda r, g: tick(f"saturation probe {r:.3g} req/s: growth {g:.3f}"))
+        found = search(0, seeds[0])
         saturation_rps, probes = found["rate_rps"], found["probes"]
+    by_seed = {seeds[0]: float(saturation_rps)}
     comp = Comparison(cluster=cluster.name, workload=stats.name, saturation_rps=float(saturation_rps),
                       loads=loads, strategies=strategies, seeds=seeds, requests=n,
-                      saturation_probes=probes)
+                      saturation_probes=probes, saturation_by_seed=by_seed)
     for k, seed in enumerate(seeds):
+        if seed not in by_seed:   # a trace's windows differ: each has its own sustainable rate
+            by_seed[seed] = search(k, seed)["rate_rps"] if first.arrival == "trace" else float(saturation_rps)
         for load in loads:
-            rate = load * saturation_rps
+            rate = load * by_seed[seed]
             requests = _stream(workload, rate, seed, k, n)
             for s in run_strats:
                 tick(f"seed {seed}, load {load:g}: {s}")
