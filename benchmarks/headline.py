@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from e2llm_lite.compare import compare
@@ -65,7 +66,7 @@ def main() -> int:
                     "results": comp.results, "seconds": round(time.perf_counter() - t0, 1)}
             if a.capacity:
                 stats = workload_stats(wl)
-                base = wl if wl.arrival != "trace" else wl.__class__.from_trace(wl.trace.window(0.0, a.requests))
+                base = replace(wl, arrival="poisson")   # a trace: its lengths, Poisson arrivals (as compare)
                 found = sustainable_rps(lambda r: plan_strategy("e2llm", cluster, stats, r), cluster, base,
                                         n=a.requests, guess=comp.saturation_rps)
                 case["e2llm_sustainable_rps"] = found["rate_rps"]

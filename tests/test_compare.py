@@ -152,7 +152,7 @@ def test_compare_trace_file_windows(tmp_path):
     wl = workload_from_spec(str(f), None)
     c = compare(preset("mixed8"), wl, loads=(0.5,), strategies=("splitwise",), seeds=(0, 1), n=60)
     runs = c.runs
-    assert len(runs) == 2 and set(c.saturation_by_seed) == {0, 1}
+    assert len(runs) == 2 and set(c.saturation_by_seed) == {0, 1} and "replay_growth" in runs[0]
     assert all(r["rate_rps"] == pytest.approx(0.5 * c.saturation_by_seed[r["seed"]]) for r in runs)
     assert runs[0]["waiting_s"] != runs[1]["waiting_s"]            # two different windows
 

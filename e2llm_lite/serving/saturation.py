@@ -12,7 +12,8 @@ A run that leaves requests unfinished (the scheduler stalled) is saturated too. 
 by doubling / halving from a first guess until one rate keeps up and one does not, then bisection
 (geometric) until they are within ``tolerance`` (2 %). The stream at rate ``lam`` is the same
 seed's stream with its times scaled by ``1 / lam`` (Poisson arrivals from one generator), so the
-test sees the same requests at every rate. ``plan_for(rate)`` gives the plan at each rate tried:
+test sees the same requests at every rate; a trace replay keeps its own arrival times, scaled to
+the rate (its bursts included). ``plan_for(rate)`` gives the plan at each rate tried:
 a strategy tuned for its rate (Splitwise's provisioning, the GA) is re-planned for it.
 
 **Burst throughput** (:func:`burst_throughput_rps`): the completion rate on a burst of ``n``
@@ -87,7 +88,7 @@ def sustainable_rps(plan_for, cluster, workload, *, n: int = 400, guess: float |
                     progress=None) -> dict:
     """The highest Poisson rate (requests/s) at which ``plan_for(rate)``'s plan keeps up with
     ``n`` requests of ``workload`` (a :class:`~e2llm_lite.workload.Workload`: its lengths and
-    seed; its rate is replaced) — see the module docstring.
+    seed, and a trace replay's arrival times; its rate is replaced; other arrivals are Poisson) — see the module docstring.
 
     Returns ``{"rate_rps", "plan" (the plan at that rate), "probes": [(rate, growth), ...]}``.
     ``guess``: the first rate tried (default: the plan's predicted capacity at rate 1).
@@ -102,7 +103,8 @@ def sustainable_rps(plan_for, cluster, workload, *, n: int = 400, guess: float |
 
     def keeps_up(rate: float) -> bool:
         plan = plans[rate] = plan_for(rate)
-        wl = replace(workload, rate=rate, arrival="poisson", trace=None)
+        wl = replace(workload, rate=rate) if workload.arrival == "trace" else \
+            replace(workload, rate=rate, arrival="poisson")   # a replay keeps its own timing
         res = simulate_requests(plan, cluster, wl.generate(n=n), costmodel=costmodel)
         growth = waiting_growth(res.records.values())
         sat = is_saturated(res.records.values(), limit)
