@@ -61,8 +61,11 @@ def test_ablations_take_one_idea_away_each():
     for name, p in plans.items():
         assert p.strategy == name and p.replicas
     assert all(r.role == "both" for r in plans["e2llm-no-roles"].replicas)
-    for r in plans["e2llm-no-dp"].replicas:                        # even splits over every device
+    for r in plans["e2llm-no-dp"].replicas:                        # even splits
         assert [(s, e) for _, s, e in r.stages] == even_split(len(r.stages))
+    for a in ABLATIONS:                                             # each plan serves the workload
+        m = simulate_requests(plans[a], cluster, workload_from_spec("conv", 1.0).generate(n=20)).metrics()
+        assert m["requests_done"] == 20, a
     simple = make_plan(cluster, "splitwise", "conv", 2.0)
     assert sorted(sorted(r.devices) for r in plans["e2llm-no-ga"].replicas) == \
         sorted(sorted(r.devices) for r in simple.replicas)

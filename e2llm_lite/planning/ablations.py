@@ -11,10 +11,11 @@ scheduler, so a difference between E2LLM and an ablation is that idea's contribu
     (``3^k`` assignments; above :data:`MAX_EXHAUSTIVE_GROUPS` groups, coordinate descent from
     all-``both``: each group's role in turn set to its best, until nothing changes). Layers: DP.
 ``e2llm-no-dp``
-    The GA forms groups and roles, but every group's layers are split **evenly** over all its
-    devices (:func:`~e2llm_lite.split.even_split`, the devices in order of memory, largest first)
-    instead of by the DP: :class:`EvenSplitPlanner`. A group whose even split does not fit its
-    memory cannot be a replica here (the GA then looks elsewhere).
+    The GA forms groups and roles, but every group's layers are split **evenly**
+    (:func:`~e2llm_lite.split.even_split`) instead of by the DP: :class:`EvenSplitPlanner`. The
+    devices in order of memory, largest first; the split is over all of them if every share fits,
+    else over the largest ``m`` whose even shares fit (the rest left idle, as the DP may leave a
+    device idle); a group where not even one device holds the model cannot be a replica.
 ``e2llm-no-roles``
     The GA's groups with every replica colocated (``roles=("both",)``): grouping and DP, no roles.
 ``e2llm-splitwise-roles``
@@ -45,24 +46,22 @@ MAX_EXHAUSTIVE_GROUPS = 6  # 3^6 = 729 role assignments scored at most
 
 
 class EvenSplitPlanner(ReplicaPlanner):
-    """A :class:`ReplicaPlanner` that splits a group's layers evenly over all its devices (largest
-    memory first) instead of running the DP; the decode batch is the best the split holds
-    (:meth:`ReplicaPlanner.best_batch`). None when the even split does not fit."""
+    """A :class:`ReplicaPlanner` that splits a group's layers evenly (over as many of its devices,
+    largest memory first, as hold an even share; module docstring) instead of running the DP; the
+    decode batch is the best the split holds (:meth:`ReplicaPlanner.best_batch`)."""
 
     def _solve(self, order: list[int], role: str, objective: str | None = None) -> SolvedSplit | None:
         order = sorted(order, key=lambda i: (-self.mem[i], i))
-        n_layers = self.anatomy.n_layers
-        if len(order) > n_layers:
-            return None
-        ranges = even_split(len(order), n_layers)
-        stages = tuple((k, s, e) for k, (s, e) in enumerate(ranges))
         idx = np.array(order, dtype=np.intp)
-        best = self.best_batch(idx, role, stages)
-        if best is None:
-            return None
         self.dp_runs += 1
-        batch, figures = best
-        return SolvedSplit(stages, batch, figures)
+        for m in range(min(len(order), self.anatomy.n_layers), 0, -1):
+            ranges = even_split(m, self.anatomy.n_layers)
+            stages = tuple((k, s, e) for k, (s, e) in enumerate(ranges))
+            best = self.best_batch(idx, role, stages)
+            if best is not None:
+                batch, figures = best
+                return SolvedSplit(stages, batch, figures)
+        return None
 
     def _replica(self, order, role, found, name):
         # _solve re-ordered the devices: map its positions through the same order
