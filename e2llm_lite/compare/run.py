@@ -45,7 +45,7 @@ from ..planning.workload_stats import workload_stats
 from ..serving.saturation import GROWTH_LIMIT, is_saturated, sustainable_rps, waiting_growth
 from ..serving.simulator import simulate_requests
 from ..workload import Workload
-from .strategies import DEFAULT_STRATEGIES, plan_strategy
+from .strategies import DEFAULT_STRATEGIES, REFINED, plan_strategy
 
 __all__ = ["Comparison", "DEFAULT_LOADS", "DEFAULT_REQUESTS", "RATIO_METRICS", "compare"]
 
@@ -54,6 +54,7 @@ DEFAULT_REQUESTS = 400
 STATS = ("waiting_s", "ttft_s", "tbt_s", "e2e_s")
 RATIO_METRICS = ("waiting_s", "ttft_s", "e2e_s")
 BASELINE = "splitwise"
+REFINE_SEED_OFFSET = 1000   # e2llm-sim's planning stream: seed + this, never a judged stream
 
 
 @dataclass
@@ -238,7 +239,12 @@ def compare(cluster, workload: Workload, *, loads=DEFAULT_LOADS, strategies=DEFA
                 tick(f"seed {seed}, load {load:g}: {s}")
                 run = {"strategy": s, "load": load, "seed": seed, "rate_rps": rate}
                 try:
-                    plan = plan_strategy(s, cluster, stats, rate, seed=seed, costmodel=cm)
+                    refine = None
+                    if s == REFINED:   # an independent stream (another seed), Poisson, at most 200
+                        refine = replace(workload, rate=rate, seed=seed + REFINE_SEED_OFFSET,
+                                         arrival="poisson").generate(n=min(n, 200))
+                    plan = plan_strategy(s, cluster, stats, rate, seed=seed, costmodel=cm,
+                                         refine_requests=refine)
                 except InfeasiblePlan as exc:
                     run.update({"saturated": True, "growth": math.inf, "error": str(exc)})
                 else:
