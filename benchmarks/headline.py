@@ -46,6 +46,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--capacity", action="store_true", help="also E2LLM's own sustainable rate")
+    ap.add_argument("--refined", action="store_true", help="also e2llm-sim (the GA's best re-ranked "
+                    "by simulating an independent stream)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", help="folder for per-case summary.csv and figures")
     a = ap.parse_args()
@@ -60,7 +62,8 @@ def main() -> int:
                 print(f"\n## {wname} on {cname}", flush=True)
             wl = workload_from_spec(spec, 1.0 if wname in ("code", "conv") else None)
             t0 = time.perf_counter()
-            comp = compare(cluster, wl, loads=loads, strategies=("e2llm", "splitwise"),
+            strategies = ("e2llm", "e2llm-sim", "splitwise") if a.refined else ("e2llm", "splitwise")
+            comp = compare(cluster, wl, loads=loads, strategies=strategies,
                            seeds=range(a.seeds), n=a.requests)
             case = {"cluster": cname, "workload": wname, "saturation_rps": comp.saturation_rps,
                     "results": comp.results, "seconds": round(time.perf_counter() - t0, 1)}

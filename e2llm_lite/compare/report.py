@@ -62,11 +62,12 @@ def format_table(comp) -> str:
                 e = comp.result(s, x)
                 cells.append("sat." if e["saturated"] else _fmt(e[metric]["mean"]))
             lines.append(f"| {s} | {label} | " + " | ".join(cells) + " |")
-    if "e2llm" in comp.strategies and "splitwise" in comp.strategies:
-        for metric in RATIO_METRICS:
+    mains = [s for s in ("e2llm", "e2llm-sim") if s in comp.strategies]
+    for main, metric in ((m, k) for m in mains for k in RATIO_METRICS):
+        if "splitwise" in comp.strategies:
             cells = []
             for x in loads:
-                e = comp.result("e2llm", x)
+                e = comp.result(main, x)
                 r, sp = e["ratio_vs_splitwise"][metric], e["ratio_spread"][metric]
                 if r is None:
                     base = comp.result("splitwise", x)
@@ -74,7 +75,8 @@ def format_table(comp) -> str:
                                  "Splitwise sat." if base["saturated"] else "E2LLM sat.")
                 else:
                     cells.append(f"{r:.2f}" + (f" ({sp[0]:.2f}-{sp[1]:.2f})" if sp and len(comp.seeds) > 1 else ""))
-            lines.append(f"| **E2LLM / Splitwise** | {metric[:-2]} | " + " | ".join(cells) + " |")
+            label = "E2LLM" if main == "e2llm" else main
+            lines.append(f"| **{label} / Splitwise** | {metric[:-2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
