@@ -126,6 +126,6 @@ def plot_ratio_map(loadmap, ax=None, title=None):
     cb.set_label("E2LLM / Splitwise mean waiting")
     ax.set_xlabel("share of conv-like requests (0 = code-like, 1 = conv-like)")
     ax.set_ylabel("load (x Splitwise's sustainable rate)")
-    ax.set_title(title or f"{loadmap.cluster}: where roles pay (black line: ratio 0.5)")
+    ax.set_title(title or f"{loadmap.cluster}: E2LLM / Splitwise mean waiting (black line: ratio 0.5)")
     fig.tight_layout()
     return fig
