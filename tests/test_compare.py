@@ -180,3 +180,13 @@ def test_loads_must_be_positive():
         compare(preset("mixed8"), workload_from_spec("conv", 1.0), loads=(0.0,), saturation_rps=1.0)
     assert math.isfinite(compare(preset("mixed8"), workload_from_spec("code", 1.0), loads=(0.3,),
                                  strategies=("splitwise",), n=20, saturation_rps=1.0).saturation_rps)
+
+
+def test_decode_at_the_context_end_is_timed():
+    """A sequence at 8191 cached tokens: the rounded context must not pass the model's 8192."""
+    from e2llm_lite.serving.durations import Durations
+
+    cluster = preset("mixed8")
+    d = Durations(make_plan(cluster, "splitwise", "code", 1.0), cluster)
+    rep = next(r.name for r in make_plan(cluster, "splitwise", "code", 1.0).replicas)
+    assert all(t > 0 for t in d.decode_ms(rep, 1, 8191))

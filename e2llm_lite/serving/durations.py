@@ -74,7 +74,8 @@ class Durations:
 
     def decode_ms(self, replica: str, batch: int, context: int) -> tuple[float, ...]:
         """Compute ms of each stage for a decode step of ``batch`` sequences at mean ``context``."""
-        ctx = max(0, int(round(context / CONTEXT_STEP)) * CONTEXT_STEP)
+        ctx = min(max(0, int(round(context / CONTEXT_STEP)) * CONTEXT_STEP),
+                  self.cm.anatomy.max_positions - 1)   # rounding must not pass the context end
         key = (replica, batch, ctx)
         if key not in self._decode:
             self._decode[key] = tuple(self.cm.stage_ms(dev, s, e, "decode", batch=batch, context=ctx)
