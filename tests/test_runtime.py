@@ -411,13 +411,31 @@ def test_batched_decode_through_emulated_devices(mixed, n, batch):
     pipe = mixed.pipeline([(d, a, b) for d, (a, b) in zip(names, SPLITS[n - 1])])
     g = torch.Generator().manual_seed(n * 10 + batch)
     prompts = [torch.randint(100, 20000, (3 + 110 * i,), generator=g).tolist() for i in range(batch)]
+    rt = mixed
+
+    def forwards(jobs):
+        """Each (ids, request, phase) as its own unbatched forward, all in flight at once (they
+        pipeline through the stages: same tokens, less wall time); request -> greedy token."""
+        for ids, req, phase in jobs:
+            pipe.submit(ids, request=req, phase=phase)
+        got = {}
+        while len(got) < len(jobs):
+            done = rt.poll(60.0)
+            assert done, "no completion within 60 s"
+            for c in done:
+                assert c.error is None, c.error
+                got[c.request] = c.token
+        return got
+
     try:
-        one = {i: [pipe.forward(p, request=700 + i, logits=False)] for i, p in enumerate(prompts)}
-        many = {800 + i: pipe.forward(p, request=800 + i, logits=False) for i, p in enumerate(prompts)}
+        first = forwards([(p, 700 + i, "prefill") for i, p in enumerate(prompts)]
+                         + [(p, 800 + i, "prefill") for i, p in enumerate(prompts)])
+        one = {i: [first[700 + i]] for i in range(batch)}
+        many = {800 + i: first[800 + i] for i in range(batch)}
         for _ in range(3):
+            step = forwards([([one[i][-1]], 700 + i, "decode") for i in one])
             for i in one:
-                one[i].append(pipe.forward([one[i][-1]], request=700 + i, phase="decode",
-                                           logits=False))
+                one[i].append(step[700 + i])
             nxt = pipe.decode(many)
             for i in range(batch):
                 assert nxt[800 + i] == one[i][-1], (i, nxt, one)

@@ -213,3 +213,32 @@ def test_bad_concurrency_is_refused():
         with pytest.raises(ValueError, match="concurrency"):
             EmulatedCluster(default_cluster(2), concurrency=bad)
     assert EmulatedCluster(default_cluster(3), concurrency="all").concurrency == 3
+
+
+def test_an_idle_group_is_not_a_broken_one(tmp_path):
+    """A receiver waits for the next message longer than the group's timeout: a cluster left
+    idle (a notebook between cells, tests using other clusters) still answers. It used to die
+    after the group's timeout with gloo's "Timed out waiting ... for recv"."""
+    import threading
+
+    from e2llm_lite.runtime.protocol import Op, Receiver, make_group, send
+
+    store_file, groups = str(tmp_path / "store"), {}
+
+    def join(rank):
+        groups[rank] = make_group(rank, 2, 1.0, store_file=store_file, connect_timeout_s=20)
+
+    threads = [threading.Thread(target=join, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert set(groups) == {0, 1}
+    box = Postbox()
+    receiver = Receiver(groups[1][1], box, world=2)
+    time.sleep(2.5)                                     # idle for 2.5 x the group's timeout
+    assert receiver.error is None
+    send(groups[0][1], 1, Op.STOP, 0, request=7, payload=torch.arange(3))
+    msg = box.get(timeout_s=10)
+    assert (msg.op, msg.request, msg.payload.tolist()) == (Op.STOP, 7, [0, 1, 2])
+    assert receiver.error is None

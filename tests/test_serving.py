@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +12,7 @@ import pytest
 from e2llm_lite import cli
 from e2llm_lite.devices import default_cluster, preset
 from e2llm_lite.errors import ConfigError
-from e2llm_lite.planning import Plan, make_plan
+from e2llm_lite.planning import make_plan
 from e2llm_lite.planning.ga import GAConfig
 from e2llm_lite.serving.events import Arrival, IterationDone, RunIteration
 from e2llm_lite.serving.scheduler import Scheduler

@@ -6,6 +6,12 @@ import threading
 #: How long the device workers may take to start and join the group (s), unless told otherwise.
 CONNECT_TIMEOUT_S = 60.0
 
+#: How long a receiver thread waits for the *next* message (s). Idle is not an error: a notebook
+#: may sit between cells for hours with its cluster started. A dead peer is found by the broken
+#: connection and by the driver's process check; a caller's wait for a reply is bounded by its
+#: own timeout; once a header has arrived, its payload is bounded by the group's timeout.
+LISTEN_TIMEOUT_S = 30 * 24 * 3600.0
+
 #: The largest clock dilation: the driver sends it in micro-units of an int64, and a device
 #: second must stay a representable, finite wall time.
 MAX_DILATION = 1e6

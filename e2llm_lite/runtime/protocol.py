@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .limits import CONNECT_TIMEOUT_S, MAX_PAYLOAD_ELEMENTS
+from .limits import CONNECT_TIMEOUT_S, LISTEN_TIMEOUT_S, MAX_PAYLOAD_ELEMENTS
 
 #: Columns of a worker's step trace (one row per step; times in wall s, link in device s).
 TRACE_COLS = ("request", "phase", "tokens", "start", "end", "cpu_s", "target_s", "overrun",
@@ -215,11 +215,13 @@ def check_header(h: list[int], world: int | None = None) -> tuple[Op, torch.dtyp
 
 
 def recv(pg, world: int | None = None) -> Message:
-    """Block until the next message from any rank arrives (header, then its payload). A header
-    that fails :func:`check_header` raises :class:`BadMessage` (``world``: the group's size,
-    default ``pg.size()``)."""
+    """Block until the next message from any rank arrives (header, then its payload). The header
+    may be waited for up to :data:`LISTEN_TIMEOUT_S` (an idle group is not a broken one); its
+    payload, once announced, within the group's timeout. A header that fails
+    :func:`check_header` raises :class:`BadMessage` (``world``: the group's size, default
+    ``pg.size()``)."""
     header = torch.zeros(HEADER_LEN, dtype=torch.int64)
-    pg.recv_anysource([header], TAG).wait()
+    pg.recv_anysource([header], TAG).wait(datetime.timedelta(seconds=LISTEN_TIMEOUT_S))
     h = header.tolist()
     op, dtype, shape = check_header(h, pg.size() if world is None else world)
     payload = None
