@@ -493,6 +493,11 @@ def cmd_serve(args) -> dict:
     """Serve a workload with a plan on the emulated devices (the scheduler on the real runtime)."""
     import time
 
+    if args.fail or args.join or args.adapt:
+        raise ValueError("--fail, --join and --adapt are simulator-only for now (`e2llm-lite "
+                         "simulate`); on the emulated devices a worker that dies ends the run "
+                         "with every unfinished request reported")
+
     from .costmodel import CostModel
     from .devices import load_cluster
     from .model import checkpoint_dir, load_tokenizer
@@ -563,7 +568,8 @@ def cmd_simulate(args) -> dict:
     from .costmodel import CostModel
     from .devices import load_cluster
     from .planning import Plan
-    from .serving.metrics import format_summary, write_csv
+    from .serving.adapt import AdaptConfig
+    from .serving.metrics import fault_report, format_faults, format_summary, write_csv
     from .serving.simulator import simulate_requests
 
     plan = Plan.load(args.plan)   # the plan names its cluster: a preset, unless --cluster
@@ -575,23 +581,47 @@ def cmd_simulate(args) -> dict:
     show = not args.json and sys.stderr.isatty()
     result = simulate_requests(plan, cluster, requests, costmodel=cm,
                                max_batch_tokens=args.max_batch_tokens, stream_kv=args.stream_kv,
-                               decode_microbatches=args.decode_microbatches, progress=show)
+                               decode_microbatches=args.decode_microbatches, progress=show,
+                               fail=args.fail, join=args.join,
+                               adapt=AdaptConfig() if args.adapt else None, seed=args.seed)
     out = result.metrics()
     out.update({"plan": str(args.plan), "strategy": plan.strategy, "cluster": cluster.name,
                 "workload": wl.name if hasattr(wl, "name") else str(args.workload),
                 "rate": wl.rate, "max_batch_tokens": args.max_batch_tokens,
                 "stream_kv": args.stream_kv, "decode_microbatches": args.decode_microbatches,
                 "events": result.events, "wall_s": round(time.perf_counter() - t0, 3)})
+    out.update(fault_report(result.records.values(), result.marks, result.replans))
     if args.requests_out:
         write_csv(result.records.values(), args.requests_out)
         out["requests_out"] = str(args.requests_out)
+    if args.plot:
+        from .viz import plot_waiting_over_time
+
+        plot_waiting_over_time(result.records.values(), result.marks).savefig(args.plot, dpi=120)
+        out["plot"] = str(args.plot)
     if not args.json:
         print(f"{plan.strategy} plan on {cluster.name!r}: {len(requests)} requests at "
               f"{wl.rate:.4g} requests/s (simulated in {out['wall_s']:.1f} s, {result.events} events)")
         print(format_summary(out))
+        for line in format_faults(out):
+            print(line)
         if args.requests_out:
             print(f"per-request figures written to {args.requests_out}")
+        if args.plot:
+            print(f"waiting time over the run drawn in {args.plot}")
     return out
+
+
+def _device_at(text: str) -> tuple[str, float]:
+    """``DEVICE@SECONDS`` -> (device, seconds)."""
+    dev, sep, t = text.rpartition("@")
+    try:
+        seconds = float(t)
+    except ValueError:
+        seconds = -1.0
+    if not sep or not dev or not (0 <= seconds < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected DEVICE@SECONDS (e.g. office-nuc@60), got {text!r}")
+    return dev, seconds
 
 
 def _csv_floats(text: str) -> list[float]:
@@ -914,6 +944,16 @@ def _serving_args(sm) -> None:
                     "the planner assumes)")
     sm.add_argument("--requests-out", metavar="CSV", help="write one row per request")
     sm.add_argument("--profile", help="cost-model profile (default: the shipped reference)")
+    sm.add_argument("--fail", action="append", type=_device_at, default=[], metavar="DEVICE@S",
+                    help="the device fails S s into the run (repeatable): its requests are "
+                    "re-queued and the devices left are re-planned")
+    sm.add_argument("--join", action="append", type=_device_at, default=[], metavar="DEVICE@S",
+                    help="a device of the cluster, absent until S s, joins (repeatable): the "
+                    "next plan may use it")
+    sm.add_argument("--adapt", action="store_true", help="re-plan when the workload drifts "
+                    "(sliding window of 100 arrivals; see e2llm_lite/serving/adapt.py)")
+    sm.add_argument("--plot", metavar="PNG", help="save waiting time over the run with the "
+                    "failures, joins and re-plans marked")
 
 
 

@@ -670,3 +670,48 @@ def plot_serving_timeline(result, t0: float = 0.0, t1: float | None = None, ax=N
     ax.set_title(title or "what each replica runs over time")
     fig.tight_layout()
     return fig
+
+
+#: How each kind of scheduler mark is drawn on a timeline: (colour, line style, label).
+MARK_STYLE = {"failure": ("tab:red", "-", "device failed"), "join": ("tab:green", "-", "device joined"),
+              "replan": ("0.4", ":", "re-plan asked"), "loaded": ("tab:blue", "--", "replica loaded"),
+              "stopped": ("black", "-", "service stopped")}
+
+
+def plot_marks(ax, marks, kinds=tuple(MARK_STYLE)) -> None:
+    """Vertical lines at the scheduler's marks (``(time s, kind, detail)``) of ``kinds``."""
+    seen = set()
+    for t, kind, _ in marks:
+        if kind not in kinds or kind not in MARK_STYLE:
+            continue
+        color, style, label = MARK_STYLE[kind]
+        ax.axvline(t, color=color, ls=style, lw=1.2, label=None if kind in seen else label)
+        seen.add(kind)
+
+
+def plot_waiting_over_time(records, marks=(), ax=None, title=None, window: int = 25):
+    """Each request's waiting time (s) at its arrival (dots; re-queued requests after a failure
+    in red) with the rolling mean of ``window`` requests, and the scheduler's marks (failures,
+    joins, re-plans, replicas loaded) as vertical lines."""
+    import numpy as np
+
+    fig, ax = _fig_ax(ax, (10, 3.6))
+    rows = sorted((r.arrival_s, r.prefill_start_s - r.arrival_s, r.restarts > 0) for r in records
+                  if r.prefill_start_s is not None)
+    if rows:
+        t = np.array([a for a, _, _ in rows])
+        w = np.array([b for _, b, _ in rows])
+        again = np.array([c for _, _, c in rows], dtype=bool)
+        ax.scatter(t[~again], w[~again], s=6, color="tab:gray", alpha=0.5, label="a request")
+        if again.any():
+            ax.scatter(t[again], w[again], s=14, color="tab:red", label="re-queued after a failure")
+        k = max(1, min(window, len(w)))
+        ax.plot(t[k - 1:], np.convolve(w, np.ones(k) / k, mode="valid"), color="tab:blue",
+                lw=1.6, label=f"mean of the last {k}")
+    plot_marks(ax, marks)
+    ax.set_xlabel("arrival (device s)")
+    ax.set_ylabel("waiting time (s)")
+    ax.set_title(title or "waiting time over the run")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig

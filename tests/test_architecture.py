@@ -33,7 +33,7 @@ FORBIDDEN = [
 TORCH_FREE = ["e2llm_lite.devices", "e2llm_lite.costmodel", "e2llm_lite.memory", "e2llm_lite.split",
               "e2llm_lite.workload", "e2llm_lite.traces", "e2llm_lite.model", "e2llm_lite.errors",
               "e2llm_lite.planning", "e2llm_lite.runtime.limits", "e2llm_lite.serving.scheduler",
-              "e2llm_lite.serving.simulator", "e2llm_lite.serving.metrics"]
+              "e2llm_lite.serving.simulator", "e2llm_lite.serving.metrics", "e2llm_lite.serving.adapt"]
 
 # Imports inside functions, on purpose (not to dodge a cycle): the CLI loads each command's
 # modules when it runs (so `e2llm-lite plan` never imports torch); profiling loads the torch-side
@@ -143,7 +143,7 @@ def test_shared_rules_load_without_torch(module):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("module", ["scheduler", "events"])
+@pytest.mark.parametrize("module", ["scheduler", "events", "adapt"])
 def test_the_scheduler_reads_no_clock(module):
     """Events in, actions out: the scheduler learns the time only from its events."""
     text = (PACKAGE / "serving" / f"{module}.py").read_text()

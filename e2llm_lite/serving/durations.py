@@ -48,17 +48,25 @@ class Durations:
     def __init__(self, plan, cluster, costmodel: CostModel | None = None):
         self.cm = costmodel or CostModel.load()
         self.cluster = cluster
-        self.stages = {r.name: tuple(r.stages) for r in plan.replicas}
+        # the first plan's roles: the reference of the slowdown SLOs (:meth:`unloaded`)
         self.roles = {r.name: r.role for r in plan.replicas}
-        self.devices = {r.name: [cluster.device(d) for d, _, _ in r.stages] for r in plan.replicas}
-        # the link from each stage to the next, and from the last device back to the first
-        self.links = {name: [cluster.link(a[0], b[0]) for a, b in zip(st, st[1:])]
-                      for name, st in self.stages.items()}
-        self.back = {name: cluster.link(st[-1][0], st[0][0]) for name, st in self.stages.items()}
+        self.stages, self.devices, self.links, self.back = {}, {}, {}, {}
+        for r in plan.replicas:
+            self.add_replica(r.name, r.stages)
         self._prefill: dict = {}
         self._decode: dict = {}
         self._handoff: dict = {}
         self._decode_iteration: dict = {}
+
+    def add_replica(self, name: str, stages) -> None:
+        """Durations for one more replica ``name`` (``stages``: ((device, start, end), ...)), e.g.
+        one of a new plan rolled in while serving."""
+        st = tuple(tuple(x) for x in stages)
+        self.stages[name] = st
+        self.devices[name] = [self.cluster.device(d) for d, _, _ in st]
+        # the link from each stage to the next, and from the last device back to the first
+        self.links[name] = [self.cluster.link(a[0], b[0]) for a, b in zip(st, st[1:])]
+        self.back[name] = self.cluster.link(st[-1][0], st[0][0])
 
     def _link_ms(self, a: str, b: str, nbytes: float) -> float:
         return 0.0 if a == b else self.cluster.link(a, b).transfer_ms(nbytes)

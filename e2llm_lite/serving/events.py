@@ -12,7 +12,11 @@ Events (backend -> scheduler):
   every prompt in it has its first token, every sequence decoded in it has one more token.
   ``started_s``: when its first stage began computing it (a prompt's waiting time ends there).
 * :class:`HandoffDone` — a request's KV cache arrived at its decoder (every layer's piece).
-* :class:`DeviceFailed` — a device stopped; its replica is lost (the failure issue builds on it).
+* :class:`DeviceFailed` — a device stopped; its replica is lost, its requests are re-queued.
+* :class:`DeviceJoined` — a device of the cluster became available (the next plan may use it).
+* :class:`PlanReady` — the plan a :class:`Replan` asked for (or why there is none), with the
+  planner's predicted waiting for it and for the current plan under the same workload.
+* :class:`ReplicaLoaded` — a replica a :class:`LoadReplica` asked for has its layers loaded.
 
 Actions (scheduler -> backend):
 
@@ -22,6 +26,13 @@ Actions (scheduler -> backend):
   the device holding that layer there).
 * :class:`FreeKV` — forget a request's KV cache on a replica.
 * :class:`Reject` — a request that cannot be served, with the reason (nothing is dropped silently).
+* :class:`Replan` — run the planner on the devices that are up (in the background: the service
+  goes on); answered by :class:`PlanReady`.
+* :class:`LoadReplica` / :class:`UnloadReplica` — put a replica of the new plan on its devices /
+  take a drained one off (a rolling change: one replica at a time); answered by
+  :class:`ReplicaLoaded` / nothing.
+
+Backends also read :attr:`Replan.reason` and the scheduler's ``marks`` to draw the timeline.
 """
 
 from __future__ import annotations
@@ -30,8 +41,9 @@ from dataclasses import dataclass
 
 from ..traces import Request
 
-__all__ = ["Action", "Arrival", "DeviceFailed", "Event", "FreeKV", "HandoffDone", "IterationDone",
-           "MoveKV", "Reject", "Request", "RunIteration"]
+__all__ = ["Action", "Arrival", "DeviceFailed", "DeviceJoined", "Event", "FreeKV", "HandoffDone",
+           "IterationDone", "LoadReplica", "MoveKV", "PlanReady", "Reject", "Replan", "ReplicaLoaded",
+           "Request", "RunIteration", "UnloadReplica", "WindowStats"]
 
 
 # ---- events ----------------------------------------------------------------------------------
@@ -64,7 +76,36 @@ class DeviceFailed:
     device: str
 
 
-Event = Arrival | IterationDone | HandoffDone | DeviceFailed
+@dataclass(frozen=True)
+class DeviceJoined:
+    time_s: float
+    device: str
+
+
+@dataclass(frozen=True)
+class PlanReady:
+    """``plan``: the planner's plan (a :class:`~e2llm_lite.planning.Plan`), or None with
+    ``error`` saying why there is none (e.g. the devices left cannot hold the model).
+    ``predicted_s`` / ``current_s``: the planner's predicted mean waiting (s) of that plan and of
+    the current plan under the same workload and rate (``inf``: the current plan cannot serve).
+    ``planning_s``: how long the planner took (wall s, for the report)."""
+
+    time_s: float
+    replan: int                     # the id of the Replan it answers
+    plan: object = None
+    predicted_s: float = float("inf")
+    current_s: float = float("inf")
+    error: str = ""
+    planning_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReplicaLoaded:
+    time_s: float
+    replica: str
+
+
+Event = Arrival | IterationDone | HandoffDone | DeviceFailed | DeviceJoined | PlanReady | ReplicaLoaded
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -111,4 +152,51 @@ class Reject:
     reason: str
 
 
-Action = RunIteration | MoveKV | FreeKV | Reject
+@dataclass(frozen=True)
+class WindowStats:
+    """The recent workload the scheduler observed (:mod:`~e2llm_lite.serving.adapt`): the last
+    ``n`` arrivals' prompt and output lengths (tokens) and their rate (requests/s)."""
+
+    n: int
+    rate_rps: float
+    prompts: tuple
+    outputs: tuple
+
+    @property
+    def mean_prompt(self) -> float:
+        return sum(self.prompts) / max(1, len(self.prompts))
+
+    @property
+    def mean_output(self) -> float:
+        return sum(self.outputs) / max(1, len(self.outputs))
+
+
+@dataclass(frozen=True)
+class Replan:
+    """Ask for a plan of ``devices`` (the devices up now) because of ``reason`` (``"failure"``,
+    ``"join"``, ``"workload"``). ``plan``: the current plan (the planner's warm start);
+    ``window``: the observed workload (None: too few arrivals yet, plan for the current plan's);
+    ``rate_rps``: the rate to plan for."""
+
+    replan: int
+    reason: str
+    devices: tuple
+    plan: object
+    window: WindowStats | None
+    rate_rps: float
+
+
+@dataclass(frozen=True)
+class LoadReplica:
+    """Load ``replica`` (a :class:`~e2llm_lite.planning.ReplicaPlan`) under the name ``name``."""
+
+    name: str
+    replica: object
+
+
+@dataclass(frozen=True)
+class UnloadReplica:
+    name: str
+
+
+Action = RunIteration | MoveKV | FreeKV | Reject | Replan | LoadReplica | UnloadReplica

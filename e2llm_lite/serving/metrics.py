@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CSV_COLUMNS", "SLO", "format_summary", "percentiles", "request_rows", "summarize", "write_csv"]
+__all__ = ["CSV_COLUMNS", "SLO", "fault_report", "format_faults", "format_summary", "percentiles",
+           "request_rows", "summarize", "write_csv"]
 
 #: Splitwise's slowdown SLOs: metric -> {percentile: max slowdown}.
 SLO = {"ttft_s": {50: 2.0, 90: 3.0, 99: 6.0}, "tbt_s": {50: 1.25, 90: 1.5, 99: 5.0},
@@ -34,7 +35,7 @@ SLO = {"ttft_s": {50: 2.0, 90: 3.0, 99: 6.0}, "tbt_s": {50: 1.25, 90: 1.5, 99: 5
 #: Columns of ``--requests-out``.
 CSV_COLUMNS = ("request", "arrival_s", "prompt_tokens", "output_tokens", "waiting_s", "ttft_s",
                "tbt_s", "tbt_max_s", "e2e_s", "handoff_s", "prefill_replica", "decode_replica",
-               "rejected")
+               "restarts", "rejected")
 
 METRICS = ("waiting_s", "ttft_s", "tbt_s", "e2e_s", "handoff_s")
 
@@ -63,7 +64,7 @@ def request_rows(records) -> list[dict]:
             "e2e_s": r.end_s - r.arrival_s if done else None,
             "handoff_s": r.handoff_s if done else None,
             "prefill_replica": r.prefill_replica, "decode_replica": r.decode_replica,
-            "rejected": r.rejected})
+            "restarts": r.restarts, "rejected": r.rejected})
     return rows
 
 
@@ -149,3 +150,36 @@ def format_summary(result: dict) -> str:
         lines.append(f"  ... and {len(result['rejected']) - 5} more rejected")
     return "\n".join(lines)
 
+
+
+def fault_report(records, marks, replans) -> dict:
+    """What failures, joins and re-plans did to a run: ``marks`` (the scheduler's, as dicts),
+    ``replans`` (one per re-plan: why, when asked and ready, the planner's wall s, predicted
+    waiting of the new and the current plan, adopted or not), ``restarted`` (requests re-queued
+    after a failure, each keeping its arrival time) and ``unfinished`` (requests not done: each
+    with its reason)."""
+    records = list(records)
+    return {
+        "marks": [{"time_s": t, "kind": k, "detail": d} for t, k, d in marks],
+        "replans": [dict(r) for r in replans],
+        "restarted": sum(1 for r in records if r.restarts),
+        "unfinished": [{"request": r.id, "reason": r.rejected or "unfinished"}
+                       for r in sorted(records, key=lambda r: r.id) if not r.done],
+    }
+
+
+def format_faults(report: dict) -> list[str]:
+    """Terminal lines for :func:`fault_report` (none when nothing happened)."""
+    lines = []
+    for m in report.get("marks", []):
+        if m["kind"] in ("failure", "join", "stopped"):
+            lines.append(f"  {m['time_s']:8.2f} s  {m['kind']}: {m['detail']}")
+    for r in report.get("replans", []):
+        ready = r.get("ready_s")
+        lines.append(f"  re-plan ({r['reason']}) asked at {r['asked_s']:.2f} s, "
+                     + ("never answered" if ready is None else
+                        f"ready at {ready:.2f} s (planner {r.get('planning_s', 0):.2f} s wall): "
+                        f"{'adopted' if r.get('adopted') else 'not adopted'} — {r.get('why', '')}"))
+    if report.get("restarted"):
+        lines.append(f"  {report['restarted']} request(s) re-queued after a failure (arrival times kept)")
+    return lines

@@ -94,8 +94,10 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from ..memory import MIB, MemoryLedger
 from ..model import ANATOMY
-from .events import (Arrival, DeviceFailed, FreeKV, HandoffDone, IterationDone, MoveKV, Reject,
-                     RunIteration)
+from .adapt import AdaptConfig, ArrivalWindow, drift, worth_adopting
+from .events import (Arrival, DeviceFailed, DeviceJoined, FreeKV, HandoffDone, IterationDone,
+                     LoadReplica, MoveKV, PlanReady, Reject, Replan, ReplicaLoaded, RunIteration,
+                     UnloadReplica)
 
 __all__ = ["MAX_BATCH_TOKENS", "POLICIES", "PROMPT_MAX_PENDING_TOKENS", "ReplicaState",
            "RequestRecord", "Scheduler"]
@@ -133,10 +135,18 @@ class RequestRecord:
     decode_replica: str = ""
     handoff_s: float = 0.0
     rejected: str = ""
+    redo: int = 0
+    restarts: int = 0
 
     @property
     def done(self) -> bool:
         return self.end_s is not None
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Tokens its (next) prefill computes: the prompt, + the tokens it had produced before a
+        failure re-queued it (``redo``: they are re-prefilled, then it goes on decoding)."""
+        return self.prompt_tokens + self.redo
 
     def token(self, t: float) -> None:
         """One more output token at ``t``."""
@@ -167,6 +177,16 @@ class ReplicaState:
     in_flight: dict = field(default_factory=dict)       # iteration id -> RunIteration
     promised: dict = field(default_factory=dict)        # splitwise: request -> KV tokens scheduled
     failed: bool = False
+    draining: bool = False         # being replaced: finishes what it holds, takes nothing new
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new work may be given to it."""
+        return not self.failed and not self.draining
+
+    @property
+    def devices(self) -> tuple:
+        return tuple(d for d, _, _ in self.stages)
 
     @property
     def depth(self) -> int:
@@ -203,7 +223,8 @@ class Scheduler:
     def __init__(self, plan, cluster, *, policy: str | None = None,
                  max_batch_tokens: int = MAX_BATCH_TOKENS, stream_kv: bool = False,
                  decode_microbatches: int = 1,
-                 prompt_max_pending_tokens: int = PROMPT_MAX_PENDING_TOKENS, anatomy=ANATOMY):
+                 prompt_max_pending_tokens: int = PROMPT_MAX_PENDING_TOKENS, anatomy=ANATOMY,
+                 replan: bool = False, adapt: AdaptConfig | None = None, absent=()):
         plan.validate(cluster)
         self.policy = policy or ("splitwise" if plan.strategy == "splitwise" else "e2llm")
         if self.policy not in POLICIES:
@@ -221,14 +242,35 @@ class Scheduler:
         self.prompt_max_pending_tokens = prompt_max_pending_tokens
         self.anatomy = anatomy
         self.context = anatomy.max_positions
+        self.cluster = cluster
         self.replicas: dict[str, ReplicaState] = {}
         for r in plan.replicas:
-            ledgers = [MemoryLedger(d, int(cluster.device(d).memory_mib * MIB), s, e, anatomy)
-                       for d, s, e in r.stages]
-            pool = {"prefill": "prompt", "decoder": "token", "both": "mixed"}[r.role]
-            self.replicas[r.name] = ReplicaState(
-                r.name, r.role, tuple(r.stages), max(1, r.batch), r.prefill_latency_s or math.inf,
-                r.prefill_period_s or math.inf, ledgers, pool)
+            self.replicas[r.name] = self._state(r.name, r)
+        # ---- failures, joins, re-plans (module docstring of serving.adapt) ----
+        unknown = sorted(set(absent) - set(cluster.names))
+        if unknown:
+            raise ConfigError(f"absent device(s) {', '.join(unknown)} are not in cluster {cluster.name!r}")
+        if set(absent) & set(plan.used_devices):
+            raise ConfigError("a device absent at the start cannot be in the starting plan")
+        self.replan = bool(replan or adapt is not None)
+        self.adapt = adapt
+        self.plan = plan
+        self.up: set = set(cluster.names) - set(absent)   # devices that are up
+        self.window = ArrivalWindow(adapt.window if adapt else 100)
+        self.planned = (plan.rate, plan.workload.mean_prompt, plan.workload.mean_output)
+        self.arrivals = 0
+        self.cooldown_until = 0
+        self.replanning: int | None = None   # the Replan waiting for its PlanReady
+        self.again = ""                      # a reason to re-plan once the outstanding one answers
+        self.rollout: deque = deque()        # replica plans of the new plan still to load
+        self.retire: set = set()             # replicas of the old plan still to take off
+        self.loading: ReplicaState | None = None
+        self.generation = 0
+        self.parked: list = []               # requests no replica can serve until the next plan
+        self.stopped = ""                    # why the service stopped (nothing can serve)
+        self.marks: list = []                # (time s, kind, detail): for timelines and reports
+        self.replans: list = []              # one dict per Replan: what it cost and what came of it
+        self._now = 0.0
         self.records: dict[int, RequestRecord] = {}
         self.queue: deque = deque()          # e2llm: prompts not yet given to a replica
         self.handoffs: deque = deque()       # requests whose KV waits for a decoder: (id, src)
@@ -239,11 +281,21 @@ class Scheduler:
         self._iteration = 0
         self.events = 0
 
+    def _state(self, name: str, r) -> ReplicaState:
+        """The scheduler's state of replica plan ``r`` under ``name``."""
+        ledgers = [MemoryLedger(d, int(self.cluster.device(d).memory_mib * MIB), s, e, self.anatomy)
+                   for d, s, e in r.stages]
+        pool = {"prefill": "prompt", "decoder": "token", "both": "mixed"}[r.role]
+        return ReplicaState(name, r.role, tuple(tuple(x) for x in r.stages), max(1, r.batch),
+                            r.prefill_latency_s or math.inf, r.prefill_period_s or math.inf,
+                            ledgers, pool)
+
     # ---- the one entry point -------------------------------------------------------------------
     def on(self, event) -> list:
         """Take one event; return the actions it leads to (module docstring)."""
         self.events += 1
         self._touched: set = set()     # replicas whose state this event changed
+        self._now = getattr(event, "time_s", self._now)
         out: list = []
         if isinstance(event, Arrival):
             self._arrival(event, out)
@@ -253,8 +305,15 @@ class Scheduler:
             self._handoff_done(event, out)
         elif isinstance(event, DeviceFailed):
             self._device_failed(event, out)
+        elif isinstance(event, DeviceJoined):
+            self._device_joined(event, out)
+        elif isinstance(event, PlanReady):
+            self._plan_ready(event, out)
+        elif isinstance(event, ReplicaLoaded):
+            self._replica_loaded(event, out)
         else:
             raise TypeError(f"not a scheduler event: {event!r}")
+        self._advance_rollout(out)
         self._dispatch(out)
         return out
 
@@ -276,11 +335,11 @@ class Scheduler:
 
     def _never_fits(self, req) -> str:
         """Why ``req`` can never be served here ('' if it can)."""
-        p, total = req.prompt_tokens, req.prompt_tokens + req.output_tokens
+        p, total = req.prefill_tokens, req.prompt_tokens + req.output_tokens
         if total > self.context:
             return (f"prompt ({p}) + output ({req.output_tokens}) tokens exceed the model's "
                     f"context of {self.context}")
-        live = [r for r in self.replicas.values() if not r.failed]
+        live = [r for r in self.replicas.values() if r.accepting]
         if not live:
             return "no replica is left"
         if self.policy == "splitwise":
@@ -306,26 +365,60 @@ class Scheduler:
             raise ValueError(f"request {req.id} arrived twice")
         rec = RequestRecord(req.id, ev.time_s, req.prompt_tokens, req.output_tokens)
         self.records[req.id] = rec
-        why = self._never_fits(req)
+        self.arrivals += 1
+        self.window.add(ev.time_s, req.prompt_tokens, req.output_tokens)
+        if rec.prompt_tokens + rec.output_tokens > self.context:
+            self._reject(rec, self._never_fits(rec), out)
+            return
+        self._route(rec, out)
+        self._check_workload(out)
+
+    def _reject(self, rec: RequestRecord, why: str, out: list) -> None:
+        rec.rejected = why
+        out.append(Reject(rec.id, why))
+
+    def _route(self, rec: RequestRecord, out: list) -> None:
+        """Give ``rec`` (new, or re-queued after a failure) to the replicas that can serve it; if
+        none can, it waits for the next plan (re-planning on) or is rejected with the reason."""
+        if self.stopped:
+            self._reject(rec, self.stopped, out)
+            return
+        why = self._never_fits(rec)
         if why:
-            rec.rejected = why
-            out.append(Reject(req.id, why))
+            if self.replan and (self.replanning is not None or self.loading is not None
+                                or self.rollout or self.again):
+                self.parked.append(rec.id)   # a plan is on its way
+            else:
+                self._reject(rec, why, out)
             return
         if self.policy == "splitwise":
             self._route_splitwise(rec)
-        elif self._prefill_home(req) is not None:
-            self.queue.append(req.id)
+        elif self._prefill_home(rec) is not None:
+            self._enqueue(rec.id)
         else:   # no prefill replica can ever hold this prompt: a decoder that can does it all
-            live = [r for r in self.replicas.values() if not r.failed and self._decode_capable(r)
-                    and self._fits_empty(r, req.prompt_tokens + req.output_tokens, 1 + r.batch,
-                                         1 + r.batch)]
+            total = rec.prompt_tokens + rec.output_tokens
+            live = [r for r in self.replicas.values() if r.accepting and self._decode_capable(r)
+                    and self._fits_empty(r, total, 1 + r.batch, 1 + r.batch)]
             home = min(live, key=lambda r: (r.held() / r.batch, -r.free_bytes(), r.name))
-            self.decoder_of[req.id] = home.name
-            home.prompts.append(req.id)
+            self.decoder_of[rec.id] = home.name
+            home.prompts.append(rec.id)
             self._touched.add(home.name)
 
+    def _enqueue(self, rid: int) -> None:
+        """Into the central queue in arrival order (a re-queued request goes before later ones)."""
+        t = (self.records[rid].arrival_s, rid)
+        if not self.queue or (self.records[self.queue[-1]].arrival_s, self.queue[-1]) < t:
+            self.queue.append(rid)
+            return
+        items = list(self.queue)
+        at = next(i for i, q in enumerate(items) if (self.records[q].arrival_s, q) > t)
+        items.insert(at, rid)
+        self.queue = deque(items)
+
     def _iteration_done(self, ev: IterationDone, out: list) -> None:
-        rep = self.replicas[ev.replica]
+        rep = self.replicas.get(ev.replica)
+        if rep is None or ev.iteration not in rep.in_flight:
+            return   # it died with its replica (a device failure): its requests were re-queued
         self._touched.add(rep.name)
         it = rep.in_flight.pop(ev.iteration)
         for rid, tokens, cached in it.prefill:
@@ -333,12 +426,14 @@ class Scheduler:
             if rec.rejected:
                 continue
             if cached == 0:
-                rec.prefill_start_s = ev.started_s
+                if rec.prefill_start_s is None:   # a re-queued request keeps its first wait
+                    rec.prefill_start_s = ev.started_s
                 rec.prefill_replica = rep.name
-            if cached + tokens < rec.prompt_tokens:
+            if cached + tokens < rec.prefill_tokens:
                 continue   # a chunk: more of the prompt to come
             self.issued.pop(rid, None)
-            rec.first_token_s = ev.time_s
+            if rec.first_token_s is None:
+                rec.first_token_s = ev.time_s
             rec.token(ev.time_s)
             if rec.done:
                 rep.free(rid)
@@ -350,7 +445,7 @@ class Scheduler:
             elif rid in self.bound:   # its KV has been streaming to this decoder already
                 dst = self.bound.pop(rid)
                 self.moving[rid] = (rep.name, dst)
-                out.append(MoveKV(rid, rep.name, dst, rec.prompt_tokens, streamed=True))
+                out.append(MoveKV(rid, rep.name, dst, rec.prefill_tokens, streamed=True))
             else:
                 self.handoffs.append((rid, rep.name))
         for rid, _ in it.decode:
@@ -366,6 +461,8 @@ class Scheduler:
         self._maybe_return_to_pool(rep)
 
     def _handoff_done(self, ev: HandoffDone, out: list) -> None:
+        if self.moving.get(ev.request) != (ev.src, ev.dst):
+            return   # it died with a replica (a device failure): the request was re-queued
         src, dst = self.moving.pop(ev.request)
         self._touched |= {src, dst}
         rec = self.records[ev.request]
@@ -380,50 +477,289 @@ class Scheduler:
         self._maybe_return_to_pool(s)
 
     def _device_failed(self, ev: DeviceFailed, out: list) -> None:
-        """Lose the replica that holds the device: every request with work or KV there is
-        rejected with the reason (recovery is a later issue's)."""
-        for rep in self.replicas.values():
-            if rep.failed or ev.device not in [d for d, _, _ in rep.stages]:
-                continue
+        """Lose the replica(s) on the device; every request with work or KV there is re-queued
+        (:meth:`_restart`); with re-planning on, ask for a plan of the devices left."""
+        if ev.device not in self.up:
+            return   # told twice, or a device that was not up
+        self.up.discard(ev.device)
+        self.marks.append((ev.time_s, "failure", ev.device))
+        hit = [rep for rep in self.replicas.values() if not rep.failed and ev.device in rep.devices]
+        if self.loading is not None and ev.device in self.loading.devices:
+            self.loading.failed = True   # it is dropped when its load is reported
+        if not hit and self.loading is None:
+            return   # an idle device: nothing to recover, the next plan will not count on it
+        lost: set = set()
+        for rep in hit:
             rep.failed = True
-            why = f"device {ev.device!r} of replica {rep.name} failed at {ev.time_s:.3f} s"
-            lost = set(rep.prompts) | set(rep.decoding) | set(rep.promised)
+            lost |= set(rep.prompts) | set(rep.decoding) | set(rep.promised)
             lost |= {r for it in rep.in_flight.values() for r, *_ in it.prefill + it.decode}
             lost |= {r for r, src in self.handoffs if src == rep.name}
             lost |= {r for r, (a, b) in self.moving.items() if rep.name in (a, b)}
             lost |= {r for r, dst in self.bound.items() if dst == rep.name}
+            lost |= {r for r, dst in self.decoder_of.items() if dst == rep.name}
             lost |= set(rep.ledgers[0].kv_tokens)
-            for rid in sorted(lost):
-                rec = self.records[rid]
-                if not rec.done and not rec.rejected:
-                    rec.rejected = why
-                    out.append(Reject(rid, why))
-                for other in self.replicas.values():   # its KV and places elsewhere are freed
-                    if other.reserved(rid):
-                        other.free(rid)
-                        out.append(FreeKV(rid, other.name))
-                    if rid in other.decoding:
-                        other.decoding.remove(rid)
-                    if rid in other.prompts:
-                        other.prompts.remove(rid)
-                    other.promised.pop(rid, None)
-                    self._touched.add(other.name)
-                self.moving.pop(rid, None)
-                self.bound.pop(rid, None)
             rep.prompts.clear()
             rep.decoding.clear()
             rep.in_flight.clear()
-            self.handoffs = deque(h for h in self.handoffs if h[0] not in lost)
+            rep.promised.clear()
+            for rid in list(rep.ledgers[0].kv_tokens):   # its KV died with it
+                rep.free(rid)
+        self.handoffs = deque(h for h in self.handoffs if h[0] not in lost)
+        self._abort_rollout()
+        self._ask_replan("failure", out)   # first: what cannot be served now waits for it
+        for rid in sorted(lost, key=lambda r: (self.records[r].arrival_s, r)):
+            self._restart(rid, out)
+        # queued requests that only the lost replica could hold: re-route them
+        for rid in list(self.queue):
+            rec = self.records[rid]
+            if self._never_fits(rec) or self._prefill_home(rec) is None:
+                self.queue.remove(rid)
+                self._route(rec, out)
+
+    def _restart(self, rid: int, out: list) -> None:
+        """Re-queue ``rid`` after a failure: whatever it holds elsewhere is freed; its next
+        prefill computes its prompt plus the tokens it has produced (the text goes on as if
+        nothing had happened); its arrival time, first wait and first token are kept."""
+        rec = self.records[rid]
+        for other in self.replicas.values():
+            if other.failed:
+                continue
+            if other.reserved(rid):
+                other.free(rid)
+                out.append(FreeKV(rid, other.name))
+            if rid in other.decoding:
+                other.decoding.remove(rid)
+            if rid in other.prompts:
+                other.prompts.remove(rid)
+            other.promised.pop(rid, None)
+            self._touched.add(other.name)
+        self.moving.pop(rid, None)
+        self.bound.pop(rid, None)
+        self.issued.pop(rid, None)
+        self.decoder_of.pop(rid, None)
+        self.handoffs = deque(h for h in self.handoffs if h[0] != rid)
+        if rid in self.queue:
+            self.queue.remove(rid)
+        if rec.done or rec.rejected:
+            return
+        rec.redo = rec.tokens
+        rec.restarts += 1
+        self._route(rec, out)
+
+    def _device_joined(self, ev: DeviceJoined, out: list) -> None:
+        if ev.device not in self.cluster.names:
+            raise ValueError(f"device {ev.device!r} joined but is not in cluster {self.cluster.name!r}")
+        if ev.device in self.up:
+            return
+        self.up.add(ev.device)
+        self.marks.append((ev.time_s, "join", ev.device))
+        self._ask_replan("join", out)
+
+    def _check_workload(self, out: list) -> None:
+        """``adapt``: ask for a re-plan when the window drifted from the planned figures."""
+        cfg = self.adapt
+        if (cfg is None or not self.window.full or self.arrivals % cfg.check_every
+                or self.arrivals < self.cooldown_until or self._changing()):
+            return
+        if drift(self.window.stats(), *self.planned) > cfg.drift:
+            self.cooldown_until = self.arrivals + cfg.cooldown
+            self._ask_replan("workload", out)
+
+    def _changing(self) -> bool:
+        """A re-plan or a rolling change is under way."""
+        return bool(self.replanning is not None or self.loading is not None or self.rollout
+                    or self.retire)
+
+    def _ask_replan(self, reason: str, out: list) -> None:
+        if not self.replan:
+            return
+        if self.replanning is not None:
+            self.again = self.again or reason   # asked again once the outstanding one answers
+            return
+        window = self.window.stats() if self.window.full else None
+        rate = window.rate_rps if window is not None and math.isfinite(window.rate_rps) \
+            else self.plan.rate
+        self.replanning = len(self.replans) + 1
+        self.replans.append({"id": self.replanning, "reason": reason, "asked_s": self._now,
+                             "devices": sorted(self.up), "rate_rps": rate})
+        self.marks.append((self._now, "replan", reason))
+        out.append(Replan(self.replanning, reason, tuple(sorted(self.up)), self.plan, window, rate))
+
+    def _plan_ready(self, ev: PlanReady, out: list) -> None:
+        if ev.replan != self.replanning:
+            return   # an answer nobody waits for any more
+        self.replanning = None
+        log = self.replans[ev.replan - 1]
+        log.update(ready_s=ev.time_s, planning_s=ev.planning_s, predicted_s=ev.predicted_s,
+                   current_s=ev.current_s, error=ev.error)
+        if self.again:   # the devices changed while it planned: plan again for the new set
+            reason, self.again = self.again, ""
+            log["adopted"] = False
+            log["why"] = "superseded: the devices changed while it planned"
+            self._ask_replan(reason, out)
+            return
+        if log["reason"] == "workload" and self.window.full:
+            w = self.window.stats()
+            self.planned = (w.rate_rps, w.mean_prompt, w.mean_output)
+        broken = any(r.failed for r in self.replicas.values()) or not any(
+            r.accepting for r in self.replicas.values())
+        if ev.plan is None:
+            log["adopted"] = False
+            log["why"] = ev.error or "no plan"
+            if not any(r.accepting for r in self.replicas.values()):
+                self._stop(f"the service stopped: {ev.error or 'no plan for the devices left'}", out)
+            else:   # the survivors go on; what they cannot serve is reported
+                for rid in self.parked:
+                    rec = self.records[rid]
+                    self._reject(rec, f"{self._never_fits(rec)} (re-planning failed: {ev.error})", out)
+                self.parked = []
+            return
+        gain = self.adapt.gain if self.adapt is not None else 0.0
+        adopt = broken or worth_adopting(ev.current_s, ev.predicted_s, gain)
+        log["adopted"] = adopt
+        log["why"] = ("the current plan lost a replica" if broken else
+                      f"predicted waiting {ev.current_s:.4g} s -> {ev.predicted_s:.4g} s"
+                      + ("" if adopt else f": not more than {gain:.0%} better"))
+        self.marks.append((ev.time_s, "plan", "adopted" if adopt else "kept"))
+        if adopt:
+            self.plan = ev.plan
+            self._start_rollout(ev.plan)
+        else:
+            self._unpark(out)
+
+    def _stop(self, why: str, out: list) -> None:
+        """Nothing can serve any more: every unfinished request is rejected with ``why``."""
+        self.stopped = why
+        self.marks.append((self._now, "stopped", why))
+        for rec in self.records.values():
+            if not rec.done and not rec.rejected:
+                self._reject(rec, why, out)
+        self.parked = []
+        self.queue.clear()
+
+    def _unpark(self, out: list) -> None:
+        parked, self.parked = self.parked, []
+        for rid in sorted(parked, key=lambda r: (self.records[r].arrival_s, r)):
+            if not self.records[rid].rejected:
+                self._route(self.records[rid], out)
+
+    # ---- rolling a new plan in: one replica at a time -----------------------------------------
+    def _start_rollout(self, plan) -> None:
+        """Replicas of ``plan`` equal to a live one (devices, layers, role, batch) stay as they
+        are; the others are loaded one at a time, each once the old replicas on its devices have
+        drained (finished what they hold, taking nothing new) and been taken off; old replicas
+        left over are drained and taken off last."""
+        self.generation += 1
+        live = {(r.stages, r.role, r.batch): r.name for r in self.replicas.values() if not r.failed}
+        kept = set()
+        self.rollout = deque()
+        for r in plan.replicas:
+            key = (tuple(tuple(x) for x in r.stages), r.role, max(1, r.batch))
+            if key in live and live[key] not in kept:
+                kept.add(live[key])
+            else:
+                self.rollout.append(r)
+        self.retire = {r.name for r in self.replicas.values() if r.name not in kept}
+        self.marks.append((self._now, "rollout", f"{len(self.rollout)} to load, {len(kept)} kept"))
+
+    def _abort_rollout(self) -> None:
+        """A device failed during a rolling change: what is loaded stays, draining replicas serve
+        again, the rest waits for the next plan."""
+        self.rollout.clear()
+        for name in self.retire:
+            rep = self.replicas.get(name)
+            if rep is not None and not rep.failed:
+                rep.draining = False
+                self._touched.add(name)
+        self.retire = set()
+
+    def _empty(self, rep: ReplicaState) -> bool:
+        return not (rep.in_flight or rep.decoding or rep.prompts or rep.ledgers[0].kv_tokens
+                    or rep.promised or any(src == rep.name for _, src in self.handoffs)
+                    or any(rep.name in m for m in self.moving.values()))
+
+    def _drain(self, rep: ReplicaState, out: list) -> None:
+        """Take nothing new; prompts not started yet go back to be routed elsewhere."""
+        if rep.draining or rep.failed:
+            return
+        rep.draining = True
+        self.marks.append((self._now, "drain", rep.name))
+        back = [rid for rid in rep.prompts if not self.issued.get(rid)
+                and self.decoder_of.get(rid, rep.name) in (rep.name, None)]
+        back = [rid for rid in back if rid not in {r for it in rep.in_flight.values()
+                                                     for r, *_ in it.prefill}]
+        for rid in back:
+            rep.prompts.remove(rid)
+            if rep.reserved(rid):
+                rep.free(rid)
+            rep.promised.pop(rid, None)
+            for other in self.replicas.values():
+                other.promised.pop(rid, None)
+                if other.reserved(rid) and other is not rep:
+                    other.free(rid)
+                    out.append(FreeKV(rid, other.name))
+            self.decoder_of.pop(rid, None)
+            self._route(self.records[rid], out)
+
+    def _take_off(self, rep: ReplicaState, out: list) -> None:
+        del self.replicas[rep.name]
+        self.retire.discard(rep.name)
+        out.append(UnloadReplica(rep.name))
+        self.marks.append((self._now, "unload", rep.name))
+
+    def _advance_rollout(self, out: list) -> None:
+        if self.loading is not None or self.replanning is not None:
+            return
+        while self.rollout:
+            r = self.rollout[0]
+            if not set(r.devices) <= self.up:
+                self.rollout.popleft()   # a device went down meanwhile (a re-plan follows)
+                continue
+            blockers = [rep for rep in self.replicas.values() if set(rep.devices) & set(r.devices)]
+            for b in blockers:
+                self._drain(b, out)
+            if any(not b.failed and not self._empty(b) for b in blockers):
+                return
+            for b in blockers:
+                self._take_off(b, out)
+            self.rollout.popleft()
+            self.loading = self._state(f"g{self.generation}-{r.name}", r)
+            self.marks.append((self._now, "load", self.loading.name))
+            out.append(LoadReplica(self.loading.name, r))
+            return
+        for name in sorted(self.retire):   # left over: drain, then take off
+            rep = self.replicas.get(name)
+            if rep is None:
+                self.retire.discard(name)
+                continue
+            self._drain(rep, out)
+            if rep.failed or self._empty(rep):
+                self._take_off(rep, out)
+        if self.parked and not self._changing():
+            self._unpark(out)   # the change is done: served now, or rejected with the reason
+
+    def _replica_loaded(self, ev: ReplicaLoaded, out: list) -> None:
+        rep = self.loading
+        if rep is None or rep.name != ev.replica:
+            return
+        self.loading = None
+        self.marks.append((ev.time_s, "loaded", rep.name))
+        if rep.failed or not set(rep.devices) <= self.up:
+            out.append(UnloadReplica(rep.name))
+            return
+        self.replicas[rep.name] = rep
+        self._touched.add(rep.name)
+        self._unpark(out)
 
     # ---- decisions ---------------------------------------------------------------------------
     def _prefill_home(self, req):
         """A prefill-capable replica that could hold ``req``'s prompt at all (empty), or None."""
         total = req.prompt_tokens + req.output_tokens
         for r in self.replicas.values():
-            if r.failed or not self._prefill_capable(r):
+            if not r.accepting or not self._prefill_capable(r):
                 continue
             if (self._fits_empty(r, total, 1 + r.batch, 1 + r.batch) if r.role == "both"
-                    else self._fits_empty(r, req.prompt_tokens, 1, 1)):
+                    else self._fits_empty(r, req.prefill_tokens, 1, 1)):
                 return r
         return None
 
@@ -438,8 +774,8 @@ class Scheduler:
         if self.policy == "e2llm":
             self._feed_from_queue(out)
         for name in sorted(self._touched):   # only a replica whose state changed can start more
-            rep = self.replicas[name]
-            if not rep.failed:
+            rep = self.replicas.get(name)
+            if rep is not None and not rep.failed:
                 self._start_iterations(rep, out)
 
     def _start_handoffs(self, out: list) -> None:
@@ -459,14 +795,14 @@ class Scheduler:
             dst.reserve(rid, need)
             self.moving[rid] = (src, dst.name)
             rec.decode_replica = dst.name
-            out.append(MoveKV(rid, src, dst.name, rec.prompt_tokens))
+            out.append(MoveKV(rid, src, dst.name, rec.prefill_tokens))
         self.handoffs = waiting
 
     def _bind_decoder(self, rep: ReplicaState, rid: int) -> None:
         """``stream_kv``: choose (and reserve) the decoder as the prompt's prefill starts, so its
         KV can stream there layer by layer; if none has room now, it is handed off afterwards."""
         rec = self.records[rid]
-        if rec.output_tokens == 1 or self._decodes_here(rep, rid):
+        if rec.output_tokens - rec.redo == 1 or self._decodes_here(rep, rid):
             return
         need = rec.prompt_tokens + rec.output_tokens
         dst = self._pick_decoder(rid, need, rep.name)
@@ -477,9 +813,9 @@ class Scheduler:
     def _pick_decoder(self, rid: int, need: int, src: str) -> ReplicaState | None:
         if self.policy == "splitwise":
             dst = self.replicas[self.decoder_of[rid]]
-            ok = dst.room(need, dst.batch, dst.batch) and not dst.failed
+            ok = not dst.failed and dst.room(need, dst.batch, dst.batch)
             return dst if ok else None
-        live = [r for r in self.replicas.values() if not r.failed and r.name != src]
+        live = [r for r in self.replicas.values() if r.accepting and r.name != src]
         pool = [r for r in live if r.role == "decoder"] or [r for r in live if r.role == "both"]
         fit = [r for r in pool if r.held() + self._incoming(r) < r.batch
                and r.room(need, r.batch, r.batch)]
@@ -501,7 +837,7 @@ class Scheduler:
         """E2LLM: while prompts wait and a prefill-capable replica has room for an iteration, give
         the head of the queue to the one that would finish it first (module docstring)."""
         while self.queue:
-            free = [r for r in self.replicas.values() if not r.failed and self._prefill_capable(r)
+            free = [r for r in self.replicas.values() if r.accepting and self._prefill_capable(r)
                     and not r.prompts and len(r.in_flight) < self._slots(r)]
             for rep in sorted(free, key=lambda r: (self._expected_done_s(r), r.name)):
                 if self._take_prompts(rep):
@@ -518,17 +854,18 @@ class Scheduler:
         while self.queue:
             rid = self.queue[0]
             rec = self.records[rid]
-            if rep.prompts and rec.prompt_tokens > budget:
+            p = rec.prefill_tokens
+            if rep.prompts and p > budget:
                 break
-            step, rows = taken + rec.prompt_tokens, len(rep.prompts) + 1
+            step, rows = taken + p, len(rep.prompts) + 1
             if rep.role == "both":   # its decode batch may share the iteration
                 kv, step, rows = rec.prompt_tokens + rec.output_tokens, step + rep.batch, rows + rep.batch
                 if rep.held() + len(rep.prompts) + 1 > rep.batch:
                     break
             else:
-                kv = rec.prompt_tokens
+                kv = p
             if not rep.room(kv, step, rows):
-                if rep.prompts or not rep.room(kv, step - rec.prompt_tokens + 1, rows):
+                if rep.prompts or not rep.room(kv, step - p + 1, rows):
                     break
                 rep.reserve(rid, kv)   # alone: it will be prefilled in chunks (see _compose)
                 self.queue.popleft()
@@ -537,8 +874,8 @@ class Scheduler:
             self.queue.popleft()
             rep.reserve(rid, kv)
             rep.prompts.append(rid)
-            taken += rec.prompt_tokens
-            budget -= rec.prompt_tokens
+            taken += p
+            budget -= p
             if budget <= 0:
                 break
         return bool(rep.prompts)
@@ -594,12 +931,13 @@ class Scheduler:
             rid = rep.prompts[0]
             rec = self.records[rid]
             done = self.issued.get(rid, 0)
-            left = rec.prompt_tokens - done
+            left = rec.prefill_tokens - done
             if prefill and left > budget:
                 break
             rows = d + len(prefill) + 1
             if not rep.reserved(rid):   # splitwise, or e2llm's fallback to a decoder
-                kv = rec.prompt_tokens + (rec.output_tokens if self._decodes_here(rep, rid) else 0)
+                kv = rec.prefill_tokens + (rec.output_tokens - rec.redo if self._decodes_here(rep, rid)
+                                           else 0)
                 if not rep.room(kv, taken + d + 1, rows):
                     break   # blocked until memory frees (FIFO)
                 rep.reserve(rid, kv)
@@ -627,12 +965,12 @@ class Scheduler:
 
     # ---- Splitwise's pools ---------------------------------------------------------------------
     def _pools(self, name: str) -> list[ReplicaState]:
-        return [r for r in self.replicas.values() if r.pool == name and not r.failed]
+        return [r for r in self.replicas.values() if r.pool == name and r.accepting]
 
     def _pending_tokens(self, rep: ReplicaState) -> int:
         """splitwise-sim's ``sched_pending_tokens``: prompt tokens queued or computing, + one per
         sequence decoding."""
-        queued = sum(self.records[r].prompt_tokens for r in rep.prompts)
+        queued = sum(self.records[r].prefill_tokens for r in rep.prompts)
         running = sum(t for it in rep.in_flight.values() for _, t, _ in it.prefill)
         return queued + running + len(rep.decoding)
 
@@ -646,7 +984,7 @@ class Scheduler:
     def _route_splitwise(self, rec: RequestRecord) -> None:
         """splitwise-sim's ``MixedPoolScheduler.schedule`` (module docstring), among the instances
         that could hold the request at all (empty): ours differ in memory, theirs did not."""
-        total, p = rec.prompt_tokens + rec.output_tokens, rec.prompt_tokens
+        total, p = rec.prompt_tokens + rec.output_tokens, rec.prefill_tokens
 
         def can_prompt(r):   # in chunks if need be
             return self._fits_empty(r, p, 1, 1)
@@ -662,7 +1000,7 @@ class Scheduler:
             cands = [r for r in self._pools(pool) if can_prompt(r)]
             if cands:
                 best = min(cands, key=lambda r: (self._pending_tokens(r), r.name))
-                long = best.prompts and (self._pending_tokens(best) + rec.prompt_tokens
+                long = best.prompts and (self._pending_tokens(best) + p
                                          > self.prompt_max_pending_tokens)
                 if not long:
                     prompt = best
@@ -683,14 +1021,14 @@ class Scheduler:
             token = min(lend, key=lambda r: (sum(r.promised.values()), r.name))
             token.pool = "mixed"
         if prompt is None or token is None:
-            every = [r for r in self.replicas.values() if not r.failed and can_both(r)]
+            every = [r for r in self.replicas.values() if r.accepting and can_both(r)]
             prompt = token = min(every, key=lambda r: (self._pending_tokens(r), r.name))
-        if rec.output_tokens == 1:
+        if rec.output_tokens - rec.redo == 1:
             token = prompt
         self.decoder_of[rec.id] = token.name
         token.promised[rec.id] = total
         if prompt is not token:
-            prompt.promised[rec.id] = rec.prompt_tokens
+            prompt.promised[rec.id] = p
         prompt.prompts.append(rec.id)
         self._touched.add(prompt.name)
 

@@ -11,6 +11,16 @@ The simulator holds no scheduling logic: it hands each event to the
 * :class:`MoveKV`: done after :meth:`Durations.handoff_ms` (links are not shared between
   hand-offs: contention on a link is not modelled).
 * :class:`FreeKV`, :class:`Reject`: bookkeeping.
+* :class:`Replan`: the ``replanner`` (default :func:`~e2llm_lite.planning.replan.replan`) is
+  called at once; its answer comes back as :class:`PlanReady` ``replan_delay_s`` later (a
+  constant of the run, so that a run is deterministic; the planner's wall time is reported
+  beside it).
+* :class:`LoadReplica`: the replica's devices load their layers in parallel from local storage,
+  ``weights / LOAD_MB_PER_S`` each; :class:`ReplicaLoaded` when the slowest is done.
+  :class:`UnloadReplica`: forgotten.
+* Scripted faults: ``fail=[(device, t)]`` feeds :class:`DeviceFailed` at ``t`` (the replica's
+  iterations in flight are lost with it: their completions are ignored), ``join=[(device, t)]``
+  :class:`DeviceJoined` (that device is absent from the start until then).
 
 Memory is checked at every step: the simulator counts the KV each replica holds (every stage of a
 replica holds the same requests' tokens: one count per replica), adds each step's new KV, each
@@ -26,14 +36,26 @@ import heapq
 import sys
 from dataclasses import dataclass, field
 
-from ..errors import E2LLMError
+from ..errors import ConfigError, E2LLMError
 from ..memory import MIB, MemoryLedger
+from ..planning.replan import replan as default_replan
+from .adapt import AdaptConfig
 from .durations import Durations
-from .events import Arrival, FreeKV, HandoffDone, IterationDone, MoveKV, Reject, RunIteration
+from .events import (Arrival, DeviceFailed, DeviceJoined, FreeKV, HandoffDone, IterationDone,
+                     LoadReplica, MoveKV, PlanReady, Reject, Replan, ReplicaLoaded, RunIteration,
+                     UnloadReplica)
 from .metrics import summarize
 from .scheduler import Scheduler
 
-__all__ = ["MemoryViolation", "SimResult", "simulate_requests"]
+__all__ = ["LOAD_MB_PER_S", "MemoryViolation", "REPLAN_DELAY_S", "SimResult", "simulate_requests"]
+
+#: How fast a device reads its layers from local storage when a replica is (re)loaded, MB/s
+#: (a constant of the emulation: an SD card / eMMC reads sequentially at ~40-100 MB/s).
+LOAD_MB_PER_S = 50.0
+#: Simulated time from a re-plan's request to its plan (s): a constant so runs are deterministic
+#: (the quick GA of a re-plan took 1-10 s wall on these machines; the measured wall time is
+#: reported with each re-plan).
+REPLAN_DELAY_S = 5.0
 
 
 class MemoryViolation(E2LLMError):
@@ -54,6 +76,8 @@ class SimResult:
     end_s: float = 0.0
     replica_devices: dict = field(default_factory=dict)
     durations: Durations | None = None
+    marks: list = field(default_factory=list)       # (time s, kind, detail): failures, re-plans...
+    replans: list = field(default_factory=list)     # one dict per re-plan (Scheduler.replans)
 
     def metrics(self) -> dict:
         """:func:`~e2llm_lite.serving.metrics.summarize` of this run, with utilisation and the
@@ -66,8 +90,11 @@ class SimResult:
 
 
 class _Sim:
-    def __init__(self, scheduler: Scheduler, durations: Durations, cluster, record_timeline: bool):
+    def __init__(self, scheduler: Scheduler, durations: Durations, cluster, record_timeline: bool,
+                 replanner=None, replan_delay_s: float = REPLAN_DELAY_S):
         self.s, self.d = scheduler, durations
+        self.cluster = cluster
+        self.replanner, self.replan_delay_s = replanner, replan_delay_s
         self.heap: list = []
         self.seq = 0
         self.now = 0.0
@@ -83,14 +110,19 @@ class _Sim:
         self.peak: dict[str, int] = {}
         self.stages = {}
         for name, rep in scheduler.replicas.items():
-            self.stages[name] = rep.stages
-            self.result.replica_devices[name] = [d for d, _, _ in rep.stages]
-            for dev, s, e in rep.stages:
-                self.ledgers[dev] = MemoryLedger(dev, int(cluster.device(dev).memory_mib * MIB), s, e,
-                                                 scheduler.anatomy)
-                self.free_at[dev] = 0.0
-                self.busy[dev] = 0.0
-        self.result.budget_bytes = {d: led.budget_bytes for d, led in self.ledgers.items()}
+            self.add_replica(name, rep.stages)
+
+    def add_replica(self, name: str, stages) -> None:
+        self.stages[name] = stages
+        self.kv.setdefault(name, {})
+        self.kv_total.setdefault(name, 0.0)
+        self.result.replica_devices[name] = [d for d, _, _ in stages]
+        for dev, s, e in stages:
+            self.ledgers[dev] = MemoryLedger(dev, int(self.cluster.device(dev).memory_mib * MIB), s, e,
+                                             self.s.anatomy)
+            self.free_at.setdefault(dev, 0.0)
+            self.busy.setdefault(dev, 0.0)
+            self.result.budget_bytes[dev] = self.ledgers[dev].budget_bytes
 
     def push(self, t: float, event) -> None:
         heapq.heappush(self.heap, (t, self.seq, event))
@@ -115,8 +147,39 @@ class _Sim:
                 self.kv_total[a.replica] -= self.kv[a.replica].pop(a.request, 0)
                 if self.s.records[a.request].done:
                     self.stage_ends.pop(a.request, None)
+            elif isinstance(a, Replan):
+                self.replan(a)
+            elif isinstance(a, LoadReplica):
+                stages = tuple(tuple(x) for x in a.replica.stages)
+                self.d.add_replica(a.name, stages)
+                self.add_replica(a.name, stages)
+                load_s = max(self.ledgers[dev].weight_bytes for dev, _, _ in stages) / (LOAD_MB_PER_S * 1e6)
+                end = self.now + load_s
+                for dev, _, _ in stages:   # loading keeps the device busy
+                    self.free_at[dev] = max(self.free_at[dev], end)
+                self.push(end, ReplicaLoaded(end, a.name))
+            elif isinstance(a, UnloadReplica):
+                self.kv.pop(a.name, None)
+                self.kv_total.pop(a.name, None)
             elif not isinstance(a, Reject):
                 raise TypeError(f"unknown action {a!r}")
+
+    def replan(self, a: Replan) -> None:
+        """Ask the planner now; its plan arrives ``replan_delay_s`` later."""
+        w = a.window
+        got = self.replanner(self.cluster, a.devices, a.plan, rate_rps=a.rate_rps,
+                             prompts=None if w is None else w.prompts,
+                             outputs=None if w is None else w.outputs)
+        t = self.now + self.replan_delay_s
+        self.push(t, PlanReady(t, a.replan, got.plan, got.predicted_s, got.current_s, got.error,
+                               got.planning_s))
+
+    def fail(self, device: str) -> None:
+        """The device's replicas lose every KV they hold (the scheduler re-queues their requests)."""
+        for name, stages in self.stages.items():
+            if name in self.kv and device in [d for d, _, _ in stages]:
+                self.kv[name] = {}
+                self.kv_total[name] = 0.0
 
     def add_kv(self, replica: str, new_kv, step_tokens: int, rows: int, what: str) -> None:
         """Count new KV on every stage of ``replica`` and check each device's need during a step
@@ -162,9 +225,13 @@ class _Sim:
             self.result.iterations.append((it.replica, started, end, len(it.prefill), len(it.decode)))
         self.push(end, IterationDone(end, it.replica, it.iteration, started))
 
-    def run(self, requests, progress: bool) -> SimResult:
+    def run(self, requests, progress: bool, fail=(), join=()) -> SimResult:
         for r in requests:
             self.push(r.arrival_s, Arrival(r.arrival_s, r))
+        for dev, t in fail:
+            self.push(t, DeviceFailed(t, dev))
+        for dev, t in join:
+            self.push(t, DeviceJoined(t, dev))
         bar = None
         if progress:
             from tqdm import tqdm
@@ -173,6 +240,8 @@ class _Sim:
         finished = 0
         while self.heap:
             self.now, _, event = heapq.heappop(self.heap)
+            if isinstance(event, DeviceFailed):
+                self.fail(event.device)
             self.apply(self.s.on(event))
             if bar is not None and isinstance(event, IterationDone) and self.s.events % 256 == 0:
                 done = len(self.s.records) - self.s.pending
@@ -185,25 +254,62 @@ class _Sim:
         self.result.events = self.s.events
         self.result.end_s = self.now
         self.result.peak_bytes = {d: self.peak.get(d, led.weight_bytes) for d, led in self.ledgers.items()}
+        self.result.marks = list(self.s.marks)
+        self.result.replans = list(self.s.replans)
         return self.result
 
 
 def simulate_requests(plan, cluster, requests, *, costmodel=None, policy: str | None = None,
                       max_batch_tokens: int | None = None, stream_kv: bool = False,
                       decode_microbatches: int = 1, timeline: bool = False,
-                      progress: bool = False) -> SimResult:
+                      progress: bool = False, fail=(), join=(), replan: bool | None = None,
+                      adapt: AdaptConfig | None = None, replanner=None,
+                      replan_delay_s: float = REPLAN_DELAY_S, seed: int = 0) -> SimResult:
     """Serve ``requests`` (a list of :class:`~e2llm_lite.traces.Request`) with ``plan`` on
     ``cluster`` in virtual time. Every request ends finished or rejected with a reason; one left
-    neither when the events run out is rejected as "unfinished" (a scheduler that stalled)."""
+    neither when the events run out is rejected as "unfinished" (a scheduler that stalled).
+
+    ``fail`` / ``join``: ``[(device, time s), ...]`` scripted failures / joins (a joining device
+    is absent until then). ``replan`` (default: on when there are faults, joins or ``adapt``):
+    re-plan on the devices up after a failure or join; ``adapt``: also when the workload drifts
+    (:mod:`~e2llm_lite.serving.adapt`). ``replanner(cluster, devices, plan, rate_rps=, prompts=,
+    outputs=)``: default :func:`~e2llm_lite.planning.replan.replan` with ``seed``."""
     requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
+    fail, join = _script(fail, cluster, "fail"), _script(join, cluster, "join")
+    if not (isinstance(replan_delay_s, (int, float)) and 0 <= replan_delay_s < float("inf")):
+        raise ConfigError(f"replan_delay_s must be a finite number >= 0, got {replan_delay_s!r}")
     kw = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
+    if replan is None:
+        replan = bool(fail or join or adapt is not None)
     sched = Scheduler(plan, cluster, policy=policy, stream_kv=stream_kv,
-                      decode_microbatches=decode_microbatches, **kw)
+                      decode_microbatches=decode_microbatches, replan=replan, adapt=adapt,
+                      absent=[d for d, _ in join], **kw)
     durations = Durations(plan, cluster, costmodel)
-    sim = _Sim(sched, durations, cluster, timeline)
-    result = sim.run(requests, progress)
+    if replanner is None:
+        def replanner(cl, devices, pl, **k):
+            return default_replan(cl, devices, pl, seed=seed, costmodel=costmodel, **k)
+    sim = _Sim(sched, durations, cluster, timeline, replanner, replan_delay_s)
+    result = sim.run(requests, progress, fail, join)
     result.durations = durations
     for rec in result.records.values():
         if not rec.done and not rec.rejected:
             rec.rejected = "unfinished: the scheduler stalled with this request in the system"
     return result
+
+
+def _script(items, cluster, what: str) -> list:
+    """``[(device, time s), ...]`` checked against the cluster: one clear error per problem."""
+    out = []
+    for item in items or ():
+        try:
+            dev, t = item
+            t = float(t)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--{what} takes DEVICE@SECONDS, got {item!r}") from None
+        if dev not in cluster.names:
+            raise ConfigError(f"--{what}: no device {dev!r} in cluster {cluster.name!r} "
+                              f"(it has {', '.join(cluster.names)})")
+        if not (t >= 0 and t < float("inf")):
+            raise ConfigError(f"--{what}: the time must be a finite number of seconds >= 0, got {t!r}")
+        out.append((dev, t))
+    return out

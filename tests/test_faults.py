@@ -1,0 +1,220 @@
+"""Devices that fail and join, workloads that shift: the scheduler re-queues, re-plans and rolls a
+new plan in, in the simulator (issue: faults and shifts). Nothing is lost, arrival times are
+kept, a cluster that can no longer hold the model stops with one clear reason."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from e2llm_lite import cli
+from e2llm_lite.devices import Cluster, DeviceSpec, Link, preset
+from e2llm_lite.errors import ConfigError
+from e2llm_lite.planning import make_plan
+from e2llm_lite.planning.ga import GAConfig
+from e2llm_lite.serving.adapt import AdaptConfig, ArrivalWindow, drift, worth_adopting
+from e2llm_lite.serving.events import LoadReplica, Replan, RunIteration, UnloadReplica
+from e2llm_lite.serving.scheduler import Scheduler
+from e2llm_lite.serving.simulator import simulate_requests
+from e2llm_lite.workload import Request, workload_from_spec
+
+QUICK = GAConfig(population=20, generations=60, patience=15)
+
+
+@pytest.fixture(scope="module")
+def mixed8():
+    cluster = preset("mixed8")
+    wl = workload_from_spec("conv", 2.5, seed=1)
+    plan = make_plan(cluster, "e2llm", wl, 2.5, config=QUICK)
+    return cluster, plan, wl.generate(200)
+
+
+def recording(monkeypatch):
+    """Every action the scheduler answers, in order."""
+    seen = []
+    original = Scheduler.on
+
+    def on(self, event):
+        out = original(self, event)
+        seen.extend(out)
+        return out
+
+    monkeypatch.setattr(Scheduler, "on", on)
+    return seen
+
+
+# ---- the rules of adapt.py ---------------------------------------------------------------------
+def test_window_rate_and_means():
+    w = ArrivalWindow(3)
+    assert w.stats() is None
+    for t, p, o in ((0.0, 10, 1), (1.0, 20, 3), (2.0, 30, 5), (4.0, 40, 7)):
+        w.add(t, p, o)
+    st = w.stats()
+    assert w.full and st.n == 3 and st.prompts == (20, 30, 40)
+    assert st.rate_rps == pytest.approx(2 / 3) and st.mean_prompt == 30 and st.mean_output == 5
+
+
+def test_drift_is_the_largest_relative_change():
+    w = ArrivalWindow(2)
+    w.add(0.0, 100, 10)
+    w.add(1.0, 100, 30)              # rate 1, prompt 100, output 20
+    assert drift(w.stats(), 1.0, 100, 20) == 0
+    assert drift(w.stats(), 2.0, 100, 20) == pytest.approx(0.5)
+    assert drift(w.stats(), 1.0, 100, 10) == pytest.approx(1.0)
+
+
+def test_adoption_needs_the_gain_and_a_plan_that_serves():
+    assert worth_adopting(1.3, 1.0, 0.2) and not worth_adopting(1.2, 1.0, 0.2)
+    assert not worth_adopting(1.0, math.inf, 0.2) and worth_adopting(math.inf, 5.0, 0.2)
+
+
+@pytest.mark.parametrize("bad", [dict(window=1), dict(check_every=0), dict(drift=-1),
+                                 dict(gain=float("nan")), dict(cooldown=True)])
+def test_bad_adapt_settings_are_refused(bad):
+    with pytest.raises(ConfigError):
+        AdaptConfig(**bad)
+
+
+# ---- a device fails ----------------------------------------------------------------------------
+def test_a_failure_re_queues_its_requests_and_nothing_is_lost(mixed8, monkeypatch):
+    cluster, plan, reqs = mixed8
+    actions = recording(monkeypatch)
+    victim = max(plan.replicas, key=lambda r: len(r.stages)).devices[-1]           # a device of the long pipeline
+    res = simulate_requests(plan, cluster, reqs, fail=[(victim, 40.0)])
+    recs = res.records
+    assert len(recs) == len(reqs) and all(r.done and not r.rejected for r in recs.values())
+    assert all(r.tokens == r.output_tokens for r in recs.values())
+    again = [r for r in recs.values() if r.restarts]
+    assert again, "the failure hit no request: pick a busier moment"
+    arrival = {q.id: q.arrival_s for q in reqs}
+    assert all(r.arrival_s == arrival[r.id] for r in again)   # metrics count from the first arrival
+    # a request that had decoded k tokens re-prefills prompt + k, then goes on
+    redo = [r for r in again if r.redo > 0]
+    assert redo
+    prefills = {(rid, n) for a in actions if isinstance(a, RunIteration) for rid, n, c in a.prefill if c == 0}
+    assert all((r.id, r.prompt_tokens + r.redo) in prefills for r in redo)
+    # the re-plan: asked at the failure, adopted, the broken replica unloaded, a new one loaded
+    assert [m[1] for m in res.marks][:2] == ["failure", "replan"]
+    assert res.replans[0]["adopted"] and res.replans[0]["reason"] == "failure"
+    loads = [a for a in actions if isinstance(a, LoadReplica)]
+    assert loads and all(victim not in a.replica.devices for a in loads)
+    assert any(isinstance(a, UnloadReplica) for a in actions)
+    assert any(name.startswith("g1-") for r in recs.values()
+               for name in (r.prefill_replica, r.decode_replica))   # the new replica serves
+
+
+def test_the_waiting_penalty_of_a_failure(mixed8):
+    """The same stream with and without the failure: the fault costs waiting, deterministically."""
+    cluster, plan, reqs = mixed8
+    victim = max(plan.replicas, key=lambda r: len(r.stages)).devices[-1]
+    calm = simulate_requests(plan, cluster, reqs).metrics()["summary"]["waiting_s"]["mean"]
+    runs = [simulate_requests(plan, cluster, reqs, fail=[(victim, 40.0)]).metrics() for _ in range(2)]
+    hit = runs[0]["summary"]["waiting_s"]["mean"]
+    assert hit > calm and hit == runs[1]["summary"]["waiting_s"]["mean"]
+    assert runs[0]["requests_done"] == len(reqs)
+
+
+def lonely_cluster() -> Cluster:
+    """One device that holds the model and one that cannot hold half of it."""
+    devs = [DeviceSpec(name="big", kind="host", prefill_speed=1.0, decode_speed=1.0, memory_mib=2048,
+                       site="s"),
+            DeviceSpec(name="small", kind="host", prefill_speed=1.0, decode_speed=1.0, memory_mib=128,
+                       site="s")]
+    return Cluster(name="lonely", devices=devs, lan={"s": Link(1000.0, 0.1)})
+
+
+def test_losing_the_last_device_that_holds_a_layer_stops_with_one_clear_reason():
+    cluster = lonely_cluster()
+    plan = make_plan(cluster.subset(["big"]), "colocated", "conv", 1.0)
+    reqs = [Request(i, 2.0 * i, 100, 10) for i in range(40)]
+    res = simulate_requests(plan, cluster, reqs, fail=[("big", 30.0)])
+    recs = res.records.values()
+    assert len(recs) == 40 and sum(r.done for r in recs) + sum(bool(r.rejected) for r in recs) == 40
+    stopped = [r for r in recs if r.rejected]
+    assert stopped and sum(r.done for r in recs) > 0
+    assert all("the service stopped" in r.rejected and "cannot hold the model" in r.rejected
+               for r in stopped)
+    assert res.replans[0]["error"] and not res.replans[0]["adopted"]
+    assert [m[1] for m in res.marks][-1] == "stopped"
+
+
+def test_without_re_planning_the_survivors_serve_what_they_can(mixed8):
+    cluster, plan, reqs = mixed8
+    victim = max(plan.replicas, key=lambda r: len(r.stages)).devices[-1]
+    res = simulate_requests(plan, cluster, reqs, fail=[(victim, 40.0)], replan=False)
+    assert all(r.done for r in res.records.values()) and not res.replans
+    assert any(r.restarts for r in res.records.values())
+
+
+def test_bad_fault_scripts_are_one_clear_error(mixed8):
+    cluster, plan, reqs = mixed8
+    with pytest.raises(ConfigError, match="no device 'nope'"):
+        simulate_requests(plan, cluster, reqs[:5], fail=[("nope", 1.0)])
+    with pytest.raises(ConfigError, match="seconds >= 0"):
+        simulate_requests(plan, cluster, reqs[:5], join=[("fog", -1.0)])
+    with pytest.raises(ConfigError, match="cannot be in the starting plan"):
+        simulate_requests(plan, cluster, reqs[:5], join=[(plan.replicas[0].devices[0], 1.0)])
+
+
+# ---- a device joins ----------------------------------------------------------------------------
+def test_a_joining_device_is_taken_into_the_next_plan():
+    cluster = preset("mixed8")
+    others = [n for n in cluster.names if n != "fog"]
+    wl = workload_from_spec("conv", 1.0, seed=2)
+    plan = make_plan(cluster.subset(others), "e2llm", wl, 1.0, config=QUICK)
+    reqs = wl.generate(150)
+    res = simulate_requests(plan, cluster, reqs, join=[("fog", 20.0)])
+    assert all(r.done for r in res.records.values())
+    assert res.replans[0]["reason"] == "join" and res.replans[0]["adopted"]
+    assert any("fog" in devs for name, devs in res.replica_devices.items() if name.startswith("g1-"))
+
+
+# ---- the workload shifts ------------------------------------------------------------------------
+def test_a_steady_workload_does_not_flap(mixed8, monkeypatch):
+    """Hysteresis: a stationary stream may ask for a re-plan now and then (a window's means
+    wander), but never adopts one, so the plan and its roles stay."""
+    cluster, plan, _ = mixed8
+    actions = recording(monkeypatch)
+    reqs = workload_from_spec("conv", 2.5, seed=7).generate(500)
+    res = simulate_requests(plan, cluster, reqs, adapt=AdaptConfig())
+    assert all(r.done for r in res.records.values())
+    assert not [r for r in res.replans if r["adopted"]]
+    assert not any(isinstance(a, (LoadReplica, UnloadReplica)) for a in actions)
+    assert len([a for a in actions if isinstance(a, Replan)]) <= 500 // AdaptConfig().cooldown
+
+
+def test_simulate_cli_marks_the_failure_and_the_re_plan(tmp_path, capsys, mixed8):
+    cluster, plan, _ = mixed8
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    victim = max(plan.replicas, key=lambda r: len(r.stages)).devices[-1]
+    rc = cli.main(["simulate", "--plan", str(path), "--requests", "150", "--rate", "2.5", "--seed", "1",
+                   "--fail", f"{victim}@40", "--plot", str(tmp_path / "w.png"), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["requests_in"] == out["requests_done"] == 150 and out["unfinished"] == []
+    kinds = [m["kind"] for m in out["marks"]]
+    assert kinds[:2] == ["failure", "replan"] and "loaded" in kinds
+    assert out["replans"][0]["adopted"] and out["restarted"] >= 1
+    assert (tmp_path / "w.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["simulate", "--plan", str(path), "--fail", "fog@x"])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "DEVICE@SECONDS" in err[-1]
+    rc = cli.main(["simulate", "--plan", str(path), "--fail", "nope@3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "no device 'nope'" in err[0]
+
+
+def test_requests_keep_their_ids_and_arrivals_in_every_outcome(mixed8):
+    cluster, plan, reqs = mixed8
+    res = simulate_requests(plan, cluster, reqs, fail=[(d, 30.0 + 5 * i) for i, d in
+                                                      enumerate(max(plan.replicas, key=lambda r: len(r.stages)).devices[:2])])
+    got = sorted((r.id, r.arrival_s) for r in res.records.values())
+    assert got == sorted((q.id, q.arrival_s) for q in reqs)
+    assert all(r.done or r.rejected for r in res.records.values())
+    assert np.isfinite([r.end_s for r in res.records.values() if r.done]).all()
