@@ -218,3 +218,31 @@ def test_requests_keep_their_ids_and_arrivals_in_every_outcome(mixed8):
     assert got == sorted((q.id, q.arrival_s) for q in reqs)
     assert all(r.done or r.rejected for r in res.records.values())
     assert np.isfinite([r.end_s for r in res.records.values() if r.done]).all()
+
+
+def test_a_phased_stream_keeps_its_rate_and_changes_its_lengths():
+    from e2llm_lite.compare.adaptation import phased_requests
+
+    reqs, starts = phased_requests([("code", 400), ("conv", 400)], 2.0, seed=3)
+    assert [r.id for r in reqs] == list(range(800)) and starts[0] == 0 and starts[1] == reqs[399].arrival_s
+    code, conv = reqs[:400], reqs[400:]
+    ratio = lambda part: np.mean([r.prompt_tokens for r in part]) / np.mean([r.output_tokens for r in part])
+    assert ratio(code) > 3 * ratio(conv)                      # prompt-heavy, then decode-heavy
+    gaps = np.diff([r.arrival_s for r in reqs])
+    assert abs(gaps.mean() * 2.0 - 1) < 0.1
+    with pytest.raises(ValueError):
+        phased_requests([("chat", 5)], 1.0)
+
+
+def test_a_shift_is_followed_and_nothing_is_lost():
+    """code -> conv on mixed8 with adapt: a re-plan in the phase after the shift, rolled in while
+    serving; every request served or rejected with its reason; the fixed plan is the baseline."""
+    from e2llm_lite.compare.adaptation import adaptation
+
+    r = adaptation(preset("mixed8"), [("code", 200), ("conv", 300)], 2.0, seed=0,
+                   adapt=AdaptConfig(window=50, check_every=10, cooldown=50))
+    assert r["replans_per_phase"][1] >= 1
+    res = r["results"]["adaptive"]
+    assert all(x.done or x.rejected for x in res.records.values())
+    assert len(res.records) == r["done"]["in"] == 500
+    assert all(w is not None and w >= 0 for ws in r["waiting"].values() for w in ws)

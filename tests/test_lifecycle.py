@@ -44,7 +44,13 @@ def driver(tag: str) -> subprocess.Popen:
         [sys.executable, "-m", "e2llm_lite.cli", "generate", "--prompt", "Tell me a long story.",
          "--devices", "2", "--max-new-tokens", "200"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        start_new_session=True)
+        start_new_session=True, preexec_fn=_as_in_a_terminal)
+
+
+def _as_in_a_terminal():
+    """Ctrl-C's default action, as for a command run in a terminal: a test run started in the
+    background of a shell (``cmd &``) inherits SIGINT *ignored*, and so would the driver."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)

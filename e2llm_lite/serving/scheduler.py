@@ -517,7 +517,7 @@ class Scheduler:
                 self._route(rec, out)
 
     def _restart(self, rid: int, out: list) -> None:
-        """Re-queue ``rid`` after a failure: whatever it holds elsewhere is freed; its next
+        """Re-queue ``rid`` after a failure (or an eviction): whatever it holds is freed; its next
         prefill computes its prompt plus the tokens it has produced (the text goes on as if
         nothing had happened); its arrival time, first wait and first token are kept."""
         rec = self.records[rid]
@@ -617,6 +617,7 @@ class Scheduler:
         gain = self.adapt.gain if self.adapt is not None else 0.0
         adopt = broken or worth_adopting(ev.current_s, ev.predicted_s, gain)
         log["adopted"] = adopt
+        log["roles"] = {r.role: sum(x.role == r.role for x in ev.plan.replicas) for r in ev.plan.replicas}
         log["why"] = ("the current plan lost a replica" if broken else
                       f"predicted waiting {ev.current_s:.4g} s -> {ev.predicted_s:.4g} s"
                       + ("" if adopt else f": not more than {gain:.0%} better"))
@@ -701,6 +702,25 @@ class Scheduler:
             self.decoder_of.pop(rid, None)
             self._route(self.records[rid], out)
 
+    def _evict(self, rep: ReplicaState, out: list) -> None:
+        """A draining replica that stands in the way of the next one to load gives up what it
+        holds once its iterations in flight are back: every such request is re-queued as after a
+        failure (:meth:`_restart`: its prompt + the tokens it produced are re-prefilled
+        elsewhere). Waiting for an overloaded replica to work off its backlog could take minutes;
+        a re-prefill costs one prefill."""
+        if rep.failed:
+            return
+        busy = {r for it in rep.in_flight.values() for r, *_ in it.prefill + it.decode}
+        busy |= {r for r, (a, b) in self.moving.items() if rep.name in (a, b)}
+        busy |= {r for r, dst in self.bound.items() if dst == rep.name}
+        held = set(rep.decoding) | set(rep.prompts) | set(rep.ledgers[0].kv_tokens) | set(rep.promised)
+        held |= {r for r, src in self.handoffs if src == rep.name}
+        victims = sorted(held - busy, key=lambda r: (self.records[r].arrival_s, r))
+        if victims:
+            self.marks.append((self._now, "evict", f"{rep.name}: {len(victims)} request(s)"))
+        for rid in victims:
+            self._restart(rid, out)
+
     def _take_off(self, rep: ReplicaState, out: list) -> None:
         del self.replicas[rep.name]
         self.retire.discard(rep.name)
@@ -711,13 +731,20 @@ class Scheduler:
         if self.loading is not None or self.replanning is not None:
             return
         while self.rollout:
-            r = self.rollout[0]
-            if not set(r.devices) <= self.up:
-                self.rollout.popleft()   # a device went down meanwhile (a re-plan follows)
-                continue
+            gone = [r for r in self.rollout if not set(r.devices) <= self.up]
+            for r in gone:   # a device went down meanwhile (a re-plan follows)
+                self.rollout.remove(r)
+            if not self.rollout:
+                break
+            # next: the replica whose devices hold the fewest live old replicas (service goes on)
+            r = min(self.rollout, key=lambda r: sum(1 for rep in self.replicas.values()
+                                                      if not rep.failed and set(rep.devices) & set(r.devices)))
+            self.rollout.remove(r)
+            self.rollout.appendleft(r)
             blockers = [rep for rep in self.replicas.values() if set(rep.devices) & set(r.devices)]
             for b in blockers:
                 self._drain(b, out)
+                self._evict(b, out)
             if any(not b.failed and not self._empty(b) for b in blockers):
                 return
             for b in blockers:
@@ -815,14 +842,20 @@ class Scheduler:
             dst = self.replicas[self.decoder_of[rid]]
             ok = not dst.failed and dst.room(need, dst.batch, dst.batch)
             return dst if ok else None
-        live = [r for r in self.replicas.values() if r.accepting and r.name != src]
-        pool = [r for r in live if r.role == "decoder"] or [r for r in live if r.role == "both"]
-        fit = [r for r in pool if r.held() + self._incoming(r) < r.batch
-               and r.room(need, r.batch, r.batch)]
+        fit = self._decoders_with_room([r for r in self.replicas.values() if r.accepting
+                                        and r.name != src], need)
+        if not fit:   # during a rolling change: a draining decoder still finishes what is prefilled
+            fit = self._decoders_with_room([r for r in self.replicas.values() if r.draining
+                                            and not r.failed and r.name != src], need)
         if not fit:
             return None
         return min(fit, key=lambda r: ((r.held() + self._incoming(r)) / r.batch, -r.free_bytes(),
                                        r.name))
+
+    def _decoders_with_room(self, live: list, need: int) -> list:
+        pool = [r for r in live if r.role == "decoder"] or [r for r in live if r.role == "both"]
+        return [r for r in pool if r.held() + self._incoming(r) < r.batch
+                and r.room(need, r.batch, r.batch)]
 
     def _incoming(self, rep: ReplicaState) -> int:
         return (sum(1 for _, dst in self.moving.values() if dst == rep.name)
