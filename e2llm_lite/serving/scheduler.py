@@ -80,6 +80,20 @@ sequences to decode keeps up to ``min(k, stages)`` iterations in flight, each wi
 (``ceil(held / k)``) of the sequences, so the stages of a multi-stage decoder work on different
 micro-batches at once instead of waiting for one batch's round trip.
 
+Failures, joins and re-plans
+----------------------------
+A :class:`DeviceFailed` loses the replica(s) on the device; every request with work or KV there
+is **re-queued** (a decoding one re-prefills its prompt + the tokens it produced, then goes on;
+its arrival, first wait and first token are kept). With ``replan`` (or ``adapt``) the scheduler
+asks for a plan of the devices up (:class:`Replan`; also after a :class:`DeviceJoined`, and when
+the workload drifts, :mod:`~e2llm_lite.serving.adapt`) and, when the answer is adopted, **rolls it
+in one replica at a time**: replicas equal to a live one stay; for each new replica the old ones
+on its devices stop taking work, give back what they hold once their iterations in flight are
+back (re-queued as after a failure), are taken off (:class:`UnloadReplica`) and the new one is
+loaded (:class:`LoadReplica` -> :class:`ReplicaLoaded`). Requests that no replica can hold while a
+plan is on its way wait for it; if the planner finds none, the service stops and every unfinished
+request is rejected with its reason.
+
 Thresholds: ``max_batch_tokens`` 2048 and ``prompt_max_pending_tokens`` 8192 are splitwise-sim's
 figures, kept as they are: they count tokens of the very same Azure trace's requests, so relative
 to a request (conv: mean prompt 1155 tokens) they mean what they meant there; only time is scaled.
