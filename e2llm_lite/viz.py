@@ -690,8 +690,8 @@ def plot_marks(ax, marks, kinds=tuple(MARK_STYLE)) -> None:
 
 
 def plot_waiting_over_time(records, marks=(), ax=None, title=None, window: int = 25):
-    """Each request's waiting time (s) at its arrival (dots; re-queued requests after a failure
-    in red) with the rolling mean of ``window`` requests, and the scheduler's marks (failures,
+    """Each request's waiting time (s) at its arrival (dots; requests re-queued after a failure
+    or evicted by a rolling change in red) with the rolling mean of ``window`` requests, and the scheduler's marks (failures,
     joins, re-plans, replicas loaded) as vertical lines."""
     import numpy as np
 
@@ -704,7 +704,8 @@ def plot_waiting_over_time(records, marks=(), ax=None, title=None, window: int =
         again = np.array([c for _, _, c in rows], dtype=bool)
         ax.scatter(t[~again], w[~again], s=6, color="tab:gray", alpha=0.5, label="a request")
         if again.any():
-            ax.scatter(t[again], w[again], s=14, color="tab:red", label="re-queued after a failure")
+            ax.scatter(t[again], w[again], s=14, color="tab:red",
+                       label="re-queued (a failure, or evicted by a roll-out)")
         k = max(1, min(window, len(w)))
         ax.plot(t[k - 1:], np.convolve(w, np.ones(k) / k, mode="valid"), color="tab:blue",
                 lw=1.6, label=f"mean of the last {k}")
