@@ -631,7 +631,7 @@ class Scheduler:
         gain = self.adapt.gain if self.adapt is not None else 0.0
         adopt = broken or worth_adopting(ev.current_s, ev.predicted_s, gain)
         log["adopted"] = adopt
-        log["roles"] = {r.role: sum(x.role == r.role for x in ev.plan.replicas) for r in ev.plan.replicas}
+        log["roles"] = ev.plan.roles()
         log["why"] = ("the current plan lost a replica" if broken else
                       f"predicted waiting {ev.current_s:.4g} s -> {ev.predicted_s:.4g} s"
                       + ("" if adopt else f": not more than {gain:.0%} better"))
