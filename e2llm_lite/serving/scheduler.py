@@ -311,22 +311,10 @@ class Scheduler:
         self._touched: set = set()     # replicas whose state this event changed
         self._now = getattr(event, "time_s", self._now)
         out: list = []
-        if isinstance(event, Arrival):
-            self._arrival(event, out)
-        elif isinstance(event, IterationDone):
-            self._iteration_done(event, out)
-        elif isinstance(event, HandoffDone):
-            self._handoff_done(event, out)
-        elif isinstance(event, DeviceFailed):
-            self._device_failed(event, out)
-        elif isinstance(event, DeviceJoined):
-            self._device_joined(event, out)
-        elif isinstance(event, PlanReady):
-            self._plan_ready(event, out)
-        elif isinstance(event, ReplicaLoaded):
-            self._replica_loaded(event, out)
-        else:
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
             raise TypeError(f"not a scheduler event: {event!r}")
+        getattr(self, handler)(event, out)
         self._advance_rollout(out)
         self._dispatch(out)
         return out
@@ -699,10 +687,9 @@ class Scheduler:
             return
         rep.draining = True
         self.marks.append((self._now, "drain", rep.name))
-        back = [rid for rid in rep.prompts if not self.issued.get(rid)
+        running = {r for it in rep.in_flight.values() for r, *_ in it.prefill}
+        back = [rid for rid in rep.prompts if not self.issued.get(rid) and rid not in running
                 and self.decoder_of.get(rid, rep.name) in (rep.name, None)]
-        back = [rid for rid in back if rid not in {r for it in rep.in_flight.values()
-                                                     for r, *_ in it.prefill}]
         for rid in back:
             rep.prompts.remove(rid)
             if rep.reserved(rid):
@@ -1086,3 +1073,9 @@ class Scheduler:
             return
         if not (rep.prompts or rep.decoding or rep.in_flight or rep.promised):
             rep.pool = "prompt" if rep.role == "prefill" else "token"
+
+
+#: Each event type and the Scheduler method that takes it.
+_HANDLERS = {Arrival: "_arrival", IterationDone: "_iteration_done", HandoffDone: "_handoff_done",
+             DeviceFailed: "_device_failed", DeviceJoined: "_device_joined",
+             PlanReady: "_plan_ready", ReplicaLoaded: "_replica_loaded"}
