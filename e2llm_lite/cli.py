@@ -493,18 +493,14 @@ def cmd_serve(args) -> dict:
     """Serve a workload with a plan on the emulated devices (the scheduler on the real runtime)."""
     import time
 
-    if args.fail or args.join or args.adapt:
-        raise ValueError("--fail, --join and --adapt are simulator-only for now (`e2llm-lite "
-                         "simulate`); on the emulated devices a worker that dies ends the run "
-                         "with every unfinished request reported")
-
     from .costmodel import CostModel
     from .devices import load_cluster
     from .model import checkpoint_dir, load_tokenizer
     from .planning import Plan
     from .runtime.driver import EmulatedCluster
+    from .serving.adapt import AdaptConfig
     from .serving.emulated import serve_requests
-    from .serving.metrics import format_summary, write_csv
+    from .serving.metrics import fault_report, format_faults, format_summary, write_csv
     from .serving.prompts import prompt_ids
     from .serving.simulator import simulate_requests
 
@@ -522,14 +518,21 @@ def cmd_serve(args) -> dict:
     show = not args.json and sys.stderr.isatty()
     kw = dict(max_batch_tokens=args.max_batch_tokens, stream_kv=args.stream_kv,
               decode_microbatches=args.decode_microbatches)
+    faults = dict(fail=args.fail, join=args.join, adapt=AdaptConfig() if args.adapt else None,
+                  seed=args.seed)
     t0 = time.perf_counter()
     with EmulatedCluster(cluster, dilation=args.dilation, calibrate=True, costmodel=cm,
                          concurrency="all") as rt:
         pipes = rt.load_plan(plan)
         rt.free(reset_stats=True)
         result = serve_requests(rt, pipes, plan, cluster, requests, prompts, costmodel=cm,
-                                progress=show, **kw)
+                                progress=show, **kw, **faults)
     out = result.metrics()
+    out.update(fault_report(result.records.values(), result.marks, result.replans))
+    if result.kills or result.deaths:
+        out["deaths"] = [dict(d, detected_after_s=round(d["detected_wall"] - k["killed_wall"], 3))
+                         if k else d for d in result.deaths
+                         for k in [next((k for k in result.kills if k["device"] == d["device"]), None)]]
     out.update({"plan": str(args.plan), "strategy": plan.strategy, "cluster": cluster.name,
                 "workload": wl.name if hasattr(wl, "name") else str(args.workload),
                 "rate": wl.rate, "prompt_scale": args.prompt_scale, **kw,
@@ -537,11 +540,16 @@ def cmd_serve(args) -> dict:
                 "overruns": result.overruns, "wall_s": round(time.perf_counter() - t0, 3),
                 "texts": {str(r): tok.decode(t) for r, t in sorted(result.tokens.items())[:3]}})
     if args.with_sim:
-        sim = simulate_requests(plan, cluster, requests, costmodel=cm, **kw)
+        sim = simulate_requests(plan, cluster, requests, costmodel=cm, **kw, **faults)
         out["sim"] = sim.metrics()
     if args.requests_out:
         write_csv(result.records.values(), args.requests_out)
         out["requests_out"] = str(args.requests_out)
+    if args.plot:
+        from .viz import plot_waiting_over_time
+
+        plot_waiting_over_time(result.records.values(), result.marks).savefig(args.plot, dpi=120)
+        out["plot"] = str(args.plot)
     if not args.json:
         print(f"{plan.strategy} plan on {cluster.name!r}, served for real: {len(requests)} requests "
               f"at {wl.rate:.4g} requests/s, prompt scale {args.prompt_scale:g} ({out['wall_s']:.0f} s "
@@ -554,10 +562,17 @@ def cmd_serve(args) -> dict:
                 if real is not None and simv is not None:
                     diff = f"({real / simv - 1:+.1%})" if simv > 0 else f"({real - simv:+.3g} s)"
                     print(f"  {m[:-2]:8s} real {real:8.3f}  simulated {simv:8.3f}  {diff}")
+        for line in format_faults(out):
+            print(line)
+        for d in out.get("deaths", []):
+            print(f"  worker of {d['device']} found dead {d.get('detected_after_s', float('nan')):.2f} s "
+                  f"(wall) after it was killed")
         for r, text in out["texts"].items():
             print(f"  request {r}: {text!r}")
         if args.requests_out:
             print(f"per-request figures written to {args.requests_out}")
+        if args.plot:
+            print(f"waiting time over the run drawn in {args.plot}")
     return out
 
 
@@ -945,11 +960,13 @@ def _serving_args(sm) -> None:
     sm.add_argument("--requests-out", metavar="CSV", help="write one row per request")
     sm.add_argument("--profile", help="cost-model profile (default: the shipped reference)")
     sm.add_argument("--fail", action="append", type=_device_at, default=[], metavar="DEVICE@S",
-                    help="the device fails S s into the run (repeatable): its requests are "
-                    "re-queued and the devices left are re-planned")
+                    help="the device fails S s (device time) into the run (repeatable; serve: its "
+                    "worker is SIGKILLed): its requests are re-queued and the devices left are "
+                    "re-planned")
     sm.add_argument("--join", action="append", type=_device_at, default=[], metavar="DEVICE@S",
                     help="a device of the cluster, absent until S s, joins (repeatable): the "
-                    "next plan may use it")
+                    "next plan may use it (serve: its worker runs from the start, holding no "
+                    "layers until then)")
     sm.add_argument("--adapt", action="store_true", help="re-plan when the workload drifts "
                     "(sliding window of 100 arrivals; see e2llm_lite/serving/adapt.py)")
     sm.add_argument("--plot", metavar="PNG", help="save waiting time over the run with the "

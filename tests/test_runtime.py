@@ -395,6 +395,10 @@ def test_a_worker_killed_with_forwards_outstanding_fails_each_of_them(haiku_ids)
         while rt.outstanding and time.monotonic() - t0 < 10:
             got += rt.poll(1.0)
         took = time.monotonic() - t0
+        died = [c for c in got if c.kind == "died"]
+        assert len(died) == 1 and died[0].pipeline == cluster.names[1]   # told once, first
+        assert got.index(died[0]) < min(got.index(c) for c in got if not c.ok and c.kind != "died")
+        got = [c for c in got if c.kind != "died"]
         failed = [c for c in got if not c.ok]
         # those whose result was already back succeed; every other one fails, none is lost
         assert len(got) == 6 and len({c.request for c in got}) == 6

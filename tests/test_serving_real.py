@@ -114,3 +114,51 @@ def test_serve_cli_prints_json_with_the_simulation_beside(tmp_path, capsys):
     assert (tmp_path / "r.csv").read_text().count("\n") == 4
     assert cli.main(["serve", "--plan", str(tmp_path / "p.json"), "--cluster",
                      str(tmp_path / "c.json"), "--prompt-scale", "2"]) != 0
+
+
+def test_a_worker_killed_mid_serve_is_survived_with_the_same_tokens(tokenizer, folder):
+    """replan on: a decoder's worker SIGKILLed while it decodes -> the runtime reports it, the
+    scheduler re-queues its requests (a decoding one re-prefills its prompt + the tokens it had
+    produced), a plan of the devices left is rolled in; every request finishes with the
+    single-process greedy tokens, the re-queued ones keep their arrival time; the adapter made
+    no decision of its own (the events replayed give the same actions)."""
+    from e2llm_lite.serving.events import DeviceFailed, PlanReady
+
+    cluster = default_cluster(4)
+    plan = make_plan(cluster, "e2llm", "conv", 0.5, roles=("prefill", "decoder"),
+                     config=GAConfig(population=12, generations=6, patience=3))
+    requests = [Request(i, 0.05 * i, 14 + 3 * i, 6) for i in range(5)]
+    prompts = {r.id: prompt_ids(tokenizer, r.prompt_tokens, r.id) for r in requests}
+    decoder = next(r for r in plan.replicas if r.role == "decoder")
+    victim = decoder.stages[-1][0]
+    killed = []
+    with EmulatedCluster(cluster, dilation=1.0, timeout_s=60) as rt:
+        pipes = rt.load_plan(plan)
+
+        def kill_after_two(rid, tok):   # a request with 2 tokens is decoding on the decoder
+            seen[rid] = seen.get(rid, 0) + 1
+            if not killed and seen[rid] >= 2:
+                killed.append(rid)
+                rt.kill(victim)
+
+        seen: dict = {}
+        result = serve_requests(rt, pipes, plan, cluster, requests, prompts, replan=True,
+                                on_token=kill_after_two)
+        procs = list(rt.procs)
+    local = load_stages([(0, 30)], folder)
+    for r in requests:
+        local[0].free()
+        assert result.tokens[r.id] == greedy_decode(stages_forward(local), prompts[r.id],
+                                                    r.output_tokens).tokens, r.id
+    assert killed and [d["device"] for d in result.deaths] == [victim]
+    recs = result.records
+    assert all(rec.done and not rec.rejected for rec in recs.values())
+    assert sum(rec.restarts for rec in recs.values()) >= 1
+    assert all(recs[r.id].arrival_s == r.arrival_s for r in requests)
+    assert result.replans and result.replans[0]["reason"] == "failure"
+    assert any(isinstance(e, DeviceFailed) for e in result.events)
+    assert any(isinstance(e, PlanReady) for e in result.events)
+    fresh = Scheduler(plan, cluster, replan=True)
+    for event, actions in zip(result.events, result.actions):
+        assert fresh.on(event) == actions
+    assert all(p.poll() is not None for p in procs)

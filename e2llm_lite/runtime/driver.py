@@ -22,6 +22,7 @@ import math
 import os
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -130,6 +131,10 @@ class EmulatedCluster:
         self.postbox = Postbox()                  # replies held until their delivery time
         self.placements: dict[str, StagePlacement] = {}
         self._stopped = False
+        self.dead: dict[str, str] = {}             # device -> how its worker died (spawned workers)
+        self.died_s: dict[str, float] = {}         # device -> device s when that was noticed
+        self._last_scan = 0.0
+        self._reported: set = set()               # deaths poll has reported
         self._tmp = None
         self.connect_timeout_s = float(connect_timeout_s)
 
@@ -216,10 +221,13 @@ class EmulatedCluster:
             return
         self._stopped = True
         _live.discard(self)
-        # a group with a dead worker is broken (the others may be stuck mid-step): no polite wait
-        intact = not any(p.poll() is not None for p in self.procs)
-        if self.pg is not None and intact:  # ask every worker to stop; never wait long on one
-            for r in range(1, self.world):
+        # the workers still alive are asked to stop; a multi-host group that lost its
+        # connection is broken (the others may be stuck mid-step): no polite wait then
+        self._scan_dead()
+        broken = self.receiver is not None and self.receiver.error is not None
+        live = [] if broken else self.live_ranks
+        if self.pg is not None and live:  # ask every live worker to stop; never wait long on one
+            for r in live:
                 self._post(r, Op.STOP, {"timeout_s": 1.0})   # after what is queued
             deadline = time.monotonic() + timeout_s
             for p in self.procs:
@@ -234,7 +242,7 @@ class EmulatedCluster:
         if self.receiver is not None:  # ends on the workers' STOP echo; never left blocked in gloo
             self.receiver.thread.join(1.0)
         if self.outbox is not None:   # senders done before the group goes
-            self.outbox.close(2.0 if intact else 0.5)
+            self.outbox.close(2.0 if live and not self.dead else 0.5)
         if self.pg is not None:
             try:
                 self.pg.shutdown()
@@ -277,16 +285,46 @@ class EmulatedCluster:
             if msg is None:
                 return
 
-    def _check_alive(self) -> None:
-        for r, p in enumerate(self.procs, start=1):
-            if p.poll() is not None:
-                name = self.cluster.devices[r - 1].name
-                raise WorkerDied(f"the worker of device {name!r} (rank {r}) died "
-                                 f"(exit code {p.returncode})")
+    def kill(self, device: str) -> None:
+        """Fault injection: SIGKILL ``device``'s worker (a spawned one), as if the device lost
+        power. Nothing else is told: the death is found like any other (:meth:`poll`)."""
+        name = self.cluster.device(device).name
+        if not self.spawn:
+            raise E2LLMError("kill() needs workers this driver started (spawn=True)")
+        proc = self.procs[self.rank(name) - 1]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
 
-    def _take(self, q: queue.Queue, timeout_s: float | None = None):
-        """The next message of ``q`` (a :class:`Dispatcher` queue); a worker that died, a broken
-        connection or ``timeout_s`` (default: the cluster's) raises WorkerDied instead."""
+    def _scan_dead(self) -> list[str]:
+        """Devices whose (spawned) worker process exited since the last scan: recorded in
+        :attr:`dead` with the device time it was noticed."""
+        new = []
+        for r, p in enumerate(self.procs, start=1):
+            name = self.cluster.devices[r - 1].name
+            if name not in self.dead and p.poll() is not None:
+                self.dead[name] = (f"the worker of device {name!r} (rank {r}) died "
+                                   f"(exit code {p.returncode})")
+                self.died_s[name] = self.now_s()
+                new.append(name)
+        return new
+
+    def _check_alive(self, ranks=None) -> None:
+        """Raise WorkerDied if the worker of any of ``ranks`` (default: every rank) is dead."""
+        self._scan_dead()
+        for r in range(1, self.world) if ranks is None else ranks:
+            name = self.cluster.devices[r - 1].name
+            if name in self.dead:
+                raise WorkerDied(self.dead[name])
+
+    @property
+    def live_ranks(self) -> list[int]:
+        """The ranks whose worker is not known to be dead."""
+        return [r for r in range(1, self.world) if self.cluster.devices[r - 1].name not in self.dead]
+
+    def _take(self, q: queue.Queue, timeout_s: float | None = None, ranks=None):
+        """The next message of ``q`` (a :class:`Dispatcher` queue); a worker of ``ranks`` (default:
+        any) that died, a broken connection or ``timeout_s`` (default: the cluster's) raises
+        WorkerDied instead."""
         if self._stopped or self.receiver is None:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
@@ -295,7 +333,7 @@ class EmulatedCluster:
                 msg = q.get(timeout=0.25)
             except queue.Empty:
                 _check_interrupted()
-                self._check_alive()
+                self._check_alive(ranks)
                 if time.monotonic() > deadline:
                     raise WorkerDied(f"no reply from the workers within {timeout_s or self.timeout_s:.0f} s")
                 continue
@@ -308,12 +346,13 @@ class EmulatedCluster:
     def _raise(self, msg) -> None:
         raise self._error(msg)
 
-    def _error(self, msg) -> BaseException:
-        """The exception a worker's ERROR message stands for (a WorkerDied if a worker is dead:
-        an error is often the echo of another worker's death)."""
+    def _error(self, msg, ranks=None) -> BaseException:
+        """The exception a worker's ERROR message stands for (a WorkerDied if a worker of the
+        operation's ``ranks`` (default: any) is dead: an error is often the echo of another
+        worker's death)."""
         time.sleep(0.05)
         try:
-            self._check_alive()
+            self._check_alive(ranks or None)
         except WorkerDied as e:
             return e
         name = self.cluster.devices[msg.src - 1].name
@@ -332,29 +371,40 @@ class EmulatedCluster:
         """A time on the driver's clock (us of ``time.monotonic``) in device s since the start."""
         return (driver_us / 1e6 - self.t0) / self.dilation
 
-    def _new_op(self) -> int:
+    def new_op(self) -> int:
+        """A fresh operation id (far above any request id)."""
         opid = self._next_op
         self._next_op += 1
         return opid
 
-    def _register(self, opid: int, kind: str, pipeline: str, requests, **kw) -> None:
-        """Track operation ``opid`` before its first message leaves (its replies go to poll)."""
+    def _register(self, opid: int, kind: str, pipeline: str, requests, ranks=(), **kw) -> None:
+        """Track operation ``opid`` (involving the workers ``ranks``) before its first message
+        leaves (its replies go to poll); WorkerDied at once if one of them is known dead."""
         if self._stopped or self.receiver is None:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
+        if ranks:
+            self._check_alive(ranks)
         self.dispatch.expect(opid, self._done)
-        self.ops.add(opid, kind, pipeline, requests, **kw)
+        self.ops.add(opid, kind, pipeline, requests, ranks=ranks, **kw)
 
     def _unregister(self, opid: int) -> None:
         self.ops.ops.pop(opid, None)
         self.dispatch.done(opid)
 
+    #: How often poll looks for workers that died while replies keep coming (wall s).
+    SCAN_EVERY_S = 0.2
+
     def poll(self, timeout_s: float | None = None) -> list[Completion]:
         """Wait up to ``timeout_s`` (default: the cluster's timeout) for submitted operations
         (:meth:`Pipeline.submit`, :meth:`Pipeline.submit_decode`, :meth:`submit_move_kv`,
-        :meth:`submit_free`) to end; returns every completion available then (possibly none
-        after the timeout). A dead worker or a broken connection fails *every* outstanding
-        operation, each completion naming the device and its requests; nothing is waited on
-        forever."""
+        :meth:`submit_free`, :meth:`submit_load`) to end; returns every completion available
+        then (possibly none after the timeout).
+
+        A worker that dies (spawned workers: its process is checked every ``SCAN_EVERY_S``) is
+        reported once by a completion of kind ``"died"`` naming the device, followed by a failed
+        completion (WorkerDied naming the device and the requests) for every outstanding
+        operation that involves it; the other workers go on serving. A broken connection (a
+        multi-host group) fails *every* outstanding operation. Nothing is waited on forever."""
         out: list[Completion] = []
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         while not out:
@@ -362,16 +412,14 @@ class EmulatedCluster:
                 msg = self._done.get(timeout=max(0.0, min(0.25, deadline - time.monotonic())))
             except queue.Empty:
                 _check_interrupted()
-                dead = self._dead()
-                if dead is not None:
-                    return self._fail_outstanding(dead)
+                out += self._deaths()
                 out += self._overdue()
                 if out or time.monotonic() >= deadline:
                     return out
                 continue
             while True:
                 if msg is None:
-                    return out + self._fail_outstanding(self._dead() or WorkerDied(
+                    return out + self._deaths() + self._fail_outstanding(WorkerDied(
                         f"lost the connection to a worker: {self.receiver.error}"))
                 done = self._collect(msg)
                 if done is not None:
@@ -381,6 +429,24 @@ class EmulatedCluster:
                 except queue.Empty:
                     break
             out += self._overdue()   # also while messages keep coming
+            if time.monotonic() - self._last_scan >= self.SCAN_EVERY_S:
+                out = self._deaths() + out
+        return out
+
+    def _deaths(self) -> list[Completion]:
+        """A "died" completion for each worker found dead and not reported yet, each followed by
+        the failures of the operations that involve it."""
+        self._last_scan = time.monotonic()
+        self._scan_dead()
+        out = []
+        for name in [n for n in self.dead if n not in self._reported]:
+            self._reported.add(name)
+            rank = self.rank(name)
+            err = WorkerDied(self.dead[name])
+            out.append(Completion(-rank, name, kind="died", error=err, end_s=self.died_s[name]))
+            for c in self.ops.fail_all(err, rank):
+                self.dispatch.done(c.request)
+                out.append(c)
         return out
 
     def _overdue(self) -> list[Completion]:
@@ -415,13 +481,6 @@ class EmulatedCluster:
         """Operations submitted and not polled yet (a forward's id is its request)."""
         return list(self.ops.ops)
 
-    def _dead(self) -> WorkerDied | None:
-        try:
-            self._check_alive()
-        except WorkerDied as e:
-            return e
-        return None
-
     def _fail_outstanding(self, error: BaseException) -> list[Completion]:
         for opid in list(self.ops.ops):
             self.dispatch.done(opid)
@@ -436,8 +495,9 @@ class EmulatedCluster:
         :meth:`submit_free`)."""
         pieces = kv_pieces([(r, s.start, s.end) for r, s in zip(src.ranks, src.stages)],
                            [(r, d.start, d.end) for r, d in zip(dst.ranks, dst.stages)])
-        opid = self._new_op()
-        self._register(opid, "kv", f"{src.name}->{dst.name}", [request], expect=len(pieces))
+        opid = self.new_op()
+        self._register(opid, "kv", f"{src.name}->{dst.name}", [request], expect=len(pieces),
+                       ranks=set(src.ranks) | set(dst.ranks))
         for s_rank, d_rank, a, b in pieces:
             self._send(s_rank, Op.KV_SEND, request=request, a=a, b=b, c=d_rank, e=opid)
         return opid
@@ -445,17 +505,18 @@ class EmulatedCluster:
     def submit_free(self, request: int, pipeline: "Pipeline") -> int:
         """Start freeing a request's KV on ``pipeline``'s devices; returns the operation id (its
         completion, kind ``"free"``, comes from :meth:`poll`)."""
-        opid = self._new_op()
-        self._register(opid, "free", pipeline.name, [request], expect=len(pipeline.ranks))
+        opid = self.new_op()
+        self._register(opid, "free", pipeline.name, [request], expect=len(pipeline.ranks),
+                       ranks=pipeline.ranks)
         for r in pipeline.ranks:
             self._send(r, Op.FREE, request=request, e=opid)
         return opid
 
-    def _acks(self, op: Op, n: int) -> list:
-        """Collect ``n`` replies (all of them, so none is left queued), then raise the first
-        error in rank order, if any."""
+    def _acks(self, op: Op, n: int, ranks=None) -> list:
+        """Collect ``n`` replies from ``ranks`` (default: any; all of them, so none is left
+        queued), then raise the first error in rank order, if any."""
         q = self.dispatch.acks(op)
-        got = [self._take(q) for _ in range(n)]
+        got = [self._take(q, ranks=ranks) for _ in range(n)]
         errors = sorted((m for m in got if m.op == Op.ERROR), key=lambda m: m.src)
         if errors:
             self._raise(errors[0])
@@ -465,29 +526,58 @@ class EmulatedCluster:
         return got
 
     # ---- placing and running -------------------------------------------------------------------
-    def pipeline(self, stages, name: str = "pipeline", calibrate: bool | None = None) -> "Pipeline":
-        """Load a replica: ``stages`` = [(device, start, end), ...] in pipeline order; its
-        devices are calibrated if ``calibrate`` (default: as the cluster was started)."""
+    def _placing(self, stages):
+        """Check a replica's placement: (stages, device names, ranks)."""
         stages = [StagePlacement(*s) if not isinstance(s, StagePlacement) else s for s in stages]
         names = [self.cluster.device(s.device).name for s in stages]
         ANATOMY.check_split([(n, s.start, s.end) for n, s in zip(names, stages)])
         busy = [n for n in names if n in self.placements]
         if busy:
             raise ValueError(f"devices {busy} already hold layers of another pipeline")
-        ranks = [self.rank(n) for n in names]
+        return stages, names, [self.rank(n) for n in names]
+
+    def _send_loads(self, stages, names, ranks, opid: int = 0) -> None:
         for i, s in enumerate(stages):
-            dev = self.cluster.device(s.device)
+            dev = self.cluster.device(names[i])
             nxt = ranks[i + 1] if i + 1 < len(ranks) else 0
             spec = torch.tensor([dev.prefill_speed, dev.decode_speed, dev.memory_mib * MIB],
                                 dtype=torch.float64)
-            self._send(ranks[i], Op.LOAD, a=s.start, b=s.end, c=nxt, d=ranks[0], payload=spec)
-        self._acks(Op.LOAD, len(stages))  # a refused LOAD leaves that worker without a stage
+            self._send(ranks[i], Op.LOAD, a=s.start, b=s.end, c=nxt, d=ranks[0], e=opid, payload=spec)
+
+    def pipeline(self, stages, name: str = "pipeline", calibrate: bool | None = None) -> "Pipeline":
+        """Load a replica: ``stages`` = [(device, start, end), ...] in pipeline order; its
+        devices are calibrated if ``calibrate`` (default: as the cluster was started)."""
+        stages, names, ranks = self._placing(stages)
+        self._send_loads(stages, names, ranks)
+        self._acks(Op.LOAD, len(stages), ranks)  # a refused LOAD leaves that worker without a stage
         for n, s in zip(names, stages):
             self.placements[n] = s
             self.calibration.pop(n, None)
         if self.auto_calibrate if calibrate is None else calibrate:
             self.calibrate(names)
         return Pipeline(self, stages, ranks, name)
+
+    def submit_load(self, stages, name: str = "pipeline") -> "Pipeline":
+        """Start loading a replica (as :meth:`pipeline`, uncalibrated) and return its
+        :class:`Pipeline` at once; its devices count as taken from now. The completion (kind
+        ``"load"``, operation id ``pipeline.load_op``) comes from :meth:`poll` when every stage
+        has its layers; if it failed, call ``pipeline.release()``. Each worker loads after what
+        it has already been sent (the other replicas go on serving meanwhile)."""
+        stages, names, ranks = self._placing(stages)
+        opid = self.new_op()
+        self._register(opid, "load", name, [], expect=len(stages), ranks=ranks)
+        for n, s in zip(names, stages):
+            self.placements[n] = s
+            self.calibration.pop(n, None)
+        pipe = Pipeline(self, stages, ranks, name)
+        pipe.load_op = opid
+        try:
+            self._send_loads(stages, names, ranks, opid)
+        except BaseException:
+            self._unregister(opid)
+            pipe.release()
+            raise
+        return pipe
 
     def load_plan(self, plan) -> dict[str, "Pipeline"]:
         """Put every replica of ``plan`` (a :class:`~e2llm_lite.planning.Plan`; checked against
@@ -569,7 +659,7 @@ class EmulatedCluster:
                 self._send(self.rank(n), Op.CALIBRATE, a=context if batch else size, b=repeats,
                            c=int(round(gaps[n])), d=batch, payload=torch.tensor(
                                [preds[n], k * gap / len(names)], dtype=torch.float64))
-            for msg in self._acks(Op.CALIBRATE, len(names)):
+            for msg in self._acks(Op.CALIBRATE, len(names), [self.rank(n) for n in names]):
                 n = self.cluster.devices[msg.src - 1].name
                 got = msg.payload.tolist()
                 out[n][phase]["points"].append({"tokens" if phase == "prefill" else "batch": size,
@@ -595,10 +685,11 @@ class EmulatedCluster:
         return {n: self.calibration[n] for n in names}
 
     def free(self, request: int | None = None, reset_stats: bool = False) -> None:
-        """Free a request's KV on every device (all requests if None)."""
-        for r in range(1, self.world):
+        """Free a request's KV on every device whose worker is alive (all requests if None)."""
+        ranks = self.live_ranks
+        for r in ranks:
             self._send(r, Op.FREE, request=-1 if request is None else request, a=int(reset_stats))
-        self._acks(Op.FREE, self.world - 1)
+        self._acks(Op.FREE, len(ranks), ranks)
 
     def move_kv(self, request: int, src: "Pipeline", dst: "Pipeline", free_src: bool = True) -> int:
         """Hand a request's KV cache from ``src``'s devices to ``dst``'s, layer by layer, and
@@ -609,19 +700,20 @@ class EmulatedCluster:
         if free_src:
             for r in src.ranks:
                 self._send(r, Op.FREE, request=request)
-            self._acks(Op.FREE, len(src.ranks))
+            self._acks(Op.FREE, len(src.ranks), src.ranks)
         return done.bytes
 
     def stats(self) -> dict[str, dict]:
-        """Per-device counters: compute (CPU s), sleep (s), steps, overruns, bytes, memory."""
-        ranks = list(range(1, self.world))
+        """Per-device counters: compute (CPU s), sleep (s), steps, overruns, bytes, memory (the
+        devices whose worker is alive)."""
+        ranks = self.live_ranks
         for r in ranks:
             self._send(r, Op.STATS)
         out = {}
-        for msg in self._acks(Op.STATS, len(ranks)):
+        for msg in self._acks(Op.STATS, len(ranks), ranks):
             name = self.cluster.devices[msg.src - 1].name
             out[name] = dict(zip(STATS_COLS, msg.payload.tolist()))
-        return {n: out[n] for n in self.cluster.names}
+        return {n: out[n] for n in self.cluster.names if n in out}
 
     def report(self) -> dict[str, dict]:
         """Per-device summary in device time: busy ms per phase, link ms, overruns, memory MiB."""
@@ -650,10 +742,11 @@ class EmulatedCluster:
         Each row: device, request, phase, tokens, start_ms, end_ms (device time), cpu_ms (host
         compute), target_ms (device time), overrun, link_ms (device time of the outgoing link).
         """
-        for r in range(1, self.world):
+        ranks = self.live_ranks
+        for r in ranks:
             self._send(r, Op.TRACE)
         rows = []
-        for msg in self._acks(Op.TRACE, self.world - 1):
+        for msg in self._acks(Op.TRACE, len(ranks), ranks):
             name = self.cluster.devices[msg.src - 1].name
             for row in msg.payload.tolist():
                 rows.append({"device": name, **dict(zip(TRACE_COLS, row))})

@@ -36,7 +36,11 @@ class Completion:
 
     request: the operation's id (a forward's: its request; a batch, hand-off or free: the id
         ``submit_*`` returned).
-    kind: ``"prefill"``, ``"decode"``, ``"batch"`` (a batched decode step), ``"kv"`` or ``"free"``.
+    kind: ``"prefill"``, ``"decode"``, ``"batch"`` (a batched decode step), ``"kv"``, ``"free"``,
+        ``"load"`` (a replica's layers loaded: :meth:`EmulatedCluster.submit_load`), or
+        ``"died"``: not an operation but the news that a device's worker died (``pipeline`` is
+        the device's name, ``error`` the WorkerDied, ``end_s`` when it was detected; it comes
+        before the failed completions of the operations that touched the device).
     requests: the request ids it concerns (a batch's members; the hand-off's or free's request).
     token / tokens: the greedy next token (a forward) / request -> next token (a batch).
     logits: ``[1, 1, vocab]`` (a forward) or ``[B, 1, vocab]`` (a batch, in ``requests`` order),
@@ -81,6 +85,7 @@ class _Op:
     overruns: int = 0
     acks: int = 0
     stages: int = 0            # STEP reports to expect (a forward or batch: its pipeline's stages)
+    ranks: frozenset = frozenset()   # the workers it involves (it fails if one of them dies)
     result: Message | None = None   # a RESULT back before every STEP report: held (see collect)
     held_since: float = 0.0
 
@@ -90,7 +95,7 @@ class Operations:
     dispatcher's queues carry the messages; only the poller's thread calls :meth:`collect`).
 
     device_name: rank -> device name; device_s: driver-clock us -> device s since the start;
-    error_of: an ERROR message -> the exception it stands for.
+    error_of: (an ERROR message, the ranks its operation involves) -> the exception it stands for.
     """
 
     def __init__(self, device_name, device_s, error_of):
@@ -102,9 +107,10 @@ class Operations:
     HOLD_S = 1.0
 
     def add(self, opid: int, kind: str, pipeline: str, requests, *, logits: bool = False,
-            expect: int = 0, stages: int = 0) -> None:
+            expect: int = 0, stages: int = 0, ranks=()) -> None:
         self.ops[opid] = _Op(kind, pipeline, tuple(int(r) for r in requests), logits, expect,
-                             self.device_s(time.monotonic() * 1e6), stages=stages)
+                             self.device_s(time.monotonic() * 1e6), stages=stages,
+                             ranks=frozenset(ranks))
 
     def __contains__(self, opid: int) -> bool:
         return opid in self.ops
@@ -123,7 +129,7 @@ class Operations:
             return None
         arrived = self.device_s((msg.arrived or time.monotonic()) * 1e6)
         if msg.op == Op.ERROR:
-            return self._end(opid, arrived, error=self.error_of(msg))
+            return self._end(opid, arrived, error=self.error_of(msg, op.ranks))
         if msg.op == Op.ACK:
             op.acks += 1
             if msg.a == Op.KV_PUT:
@@ -158,16 +164,19 @@ class Operations:
     def _end(self, opid: int, arrived: float, **kw) -> Completion:
         op = self.ops.pop(opid)
         starts = [s for s, _ in op.steps.values()]
-        started = min(starts) if starts else (op.submitted_s if op.kind in ("kv", "free") else None)
+        started = min(starts) if starts else (op.submitted_s if op.kind in ("kv", "free", "load") else None)
         return Completion(opid, op.pipeline, kind=op.kind, requests=op.requests, started_s=started,
                           end_s=arrived, devices=dict(op.steps), bytes=op.bytes,
                           overruns=op.overruns, **kw)
 
-    def fail_all(self, error: BaseException) -> list[Completion]:
-        """Every outstanding operation, failed with a WorkerDied naming its requests."""
+    def fail_all(self, error: BaseException, rank: int | None = None) -> list[Completion]:
+        """Every outstanding operation (or, with ``rank``, every one that involves that worker),
+        failed with a WorkerDied naming its requests."""
         out = []
         for opid in sorted(self.ops):
             op = self.ops[opid]
+            if rank is not None and rank not in op.ranks:
+                continue
             what = (f"request {op.requests[0]}" if len(op.requests) == 1
                     else f"requests {list(op.requests)}")
             out.append(self._end(opid, self.device_s(time.monotonic() * 1e6), error=WorkerDied(

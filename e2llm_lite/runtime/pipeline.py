@@ -57,20 +57,24 @@ class Pipeline:
 
     # ---- asynchronous --------------------------------------------------------------------------
     def submit(self, ids: list[int], request: int, phase: str = "prefill",
-               logits: bool = False) -> int:
+               logits: bool = False, op: int | None = None) -> int:
         """Start a forward of token ids (a prompt, a chunk of one, or one decode token) of
-        ``request`` through every stage and return its operation id (= ``request``) at once.
-        One operation per request may be in flight."""
+        ``request`` through every stage and return its operation id at once: ``op`` if given
+        (a fresh :meth:`EmulatedCluster.new_op`: late replies of an earlier, failed operation
+        of the same request can never be taken for this one's), else ``request``. One operation
+        per id may be in flight."""
         code = _phase_code(phase)
         rt = self.runtime
-        rt._register(request, phase, self.name, [request], logits=logits, stages=len(self.ranks))
+        opid = request if op is None else int(op)
+        rt._register(opid, phase, self.name, [request], logits=logits, stages=len(self.ranks),
+                     ranks=self.ranks)
         try:
             rt._send(self.ranks[0], Op.FWD, request=request, a=len(ids), b=int(logits), d=code,
-                     e=request, payload=torch.tensor([ids], dtype=torch.int64))
+                     e=opid, payload=torch.tensor([ids], dtype=torch.int64))
         except BaseException:
-            rt._unregister(request)
+            rt._unregister(opid)
             raise
-        return request
+        return opid
 
     def submit_decode(self, tokens: dict, logits: bool = False) -> int:
         """Start one batched decode step for several requests at once (``{request: last token}``,
@@ -82,8 +86,9 @@ class Pipeline:
             raise ValueError("a decode batch needs at least one request")
         rt = self.runtime
         ids = [int(r) for r in tokens]
-        batch = rt._new_op()
-        rt._register(batch, "batch", self.name, ids, logits=logits, stages=len(self.ranks))
+        batch = rt.new_op()
+        rt._register(batch, "batch", self.name, ids, logits=logits, stages=len(self.ranks),
+                     ranks=self.ranks)
         try:
             rt._send(self.ranks[0], Op.BATCH, request=batch, payload=torch.tensor(ids, dtype=torch.int64))
             rt._send(self.ranks[0], Op.FWD, request=batch, a=len(ids), b=int(logits), c=1, d=1,
@@ -115,9 +120,9 @@ class Pipeline:
         try:
             rt._send(self.ranks[0], Op.FWD, request=request, a=len(ids), b=int(logits), d=code,
                      e=request, payload=torch.tensor([ids], dtype=torch.int64))
-            msg = rt._take(q)
+            msg = rt._take(q, ranks=self.ranks)
             while msg.op == Op.STEP:   # the devices' step reports: not wanted here
-                msg = rt._take(q)
+                msg = rt._take(q, ranks=self.ranks)
         finally:
             rt.dispatch.done(request)
         if msg.op == Op.ERROR:

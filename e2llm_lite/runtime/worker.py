@@ -245,7 +245,7 @@ class Worker:
         self.host_factor = HostFactor()
         self.next_rank, self.home_rank = m.c, m.d
         self._warm_up()
-        self.post(0, Op.ACK, a=int(Op.LOAD), b=self.stage.weight_bytes)
+        self.post(0, Op.ACK, a=int(Op.LOAD), b=self.stage.weight_bytes, e=m.e)
 
     def _probe_input(self, tokens: int) -> torch.Tensor:
         """A ``tokens``-long input for this stage: token ids on the first stage, else hidden states."""

@@ -47,7 +47,8 @@ from .events import (Arrival, DeviceFailed, DeviceJoined, FreeKV, HandoffDone, I
 from .metrics import summarize
 from .scheduler import Scheduler
 
-__all__ = ["LOAD_MB_PER_S", "MemoryViolation", "REPLAN_DELAY_S", "SimResult", "simulate_requests"]
+__all__ = ["LOAD_MB_PER_S", "MemoryViolation", "REPLAN_DELAY_S", "SimResult", "script_events",
+           "simulate_requests"]
 
 #: How fast a device reads its layers from local storage when a replica is (re)loaded, MB/s
 #: (a constant of the emulation: an SD card / eMMC reads sequentially at ~40-100 MB/s).
@@ -275,7 +276,7 @@ def simulate_requests(plan, cluster, requests, *, costmodel=None, policy: str | 
     (:mod:`~e2llm_lite.serving.adapt`). ``replanner(cluster, devices, plan, rate_rps=, prompts=,
     outputs=)``: default :func:`~e2llm_lite.planning.replan.replan` with ``seed``."""
     requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
-    fail, join = _script(fail, cluster, "fail"), _script(join, cluster, "join")
+    fail, join = script_events(fail, cluster, "fail"), script_events(join, cluster, "join")
     if not (isinstance(replan_delay_s, (int, float)) and 0 <= replan_delay_s < float("inf")):
         raise ConfigError(f"replan_delay_s must be a finite number >= 0, got {replan_delay_s!r}")
     kw = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
@@ -297,7 +298,7 @@ def simulate_requests(plan, cluster, requests, *, costmodel=None, policy: str | 
     return result
 
 
-def _script(items, cluster, what: str) -> list:
+def script_events(items, cluster, what: str) -> list:
     """``[(device, time s), ...]`` checked against the cluster: one clear error per problem."""
     out = []
     for item in items or ():
