@@ -38,6 +38,11 @@ from e2llm_lite.traces import Request  # noqa: E402
 KINDS = ["nuc-16gb"] * 4 + ["rpi5-8gb"] * 2   # 6 devices: two 3-device replicas for conv
 
 
+def e2e(res, rid) -> float:
+    rec = res.records[rid]
+    return rec.end_s - rec.arrival_s
+
+
 def serve(cluster, plan, requests, prompts, dilation, fail=()):
     with EmulatedCluster(cluster, dilation=dilation, concurrency="all", timeout_s=120) as rt:
         pipes = rt.load_plan(plan)
@@ -91,6 +96,7 @@ def main() -> int:
         kill = res.kills[0] if res.kills else None
         death = res.deaths[0] if res.deaths else None
         rp = res.replans[0] if res.replans else {}
+        again = [rid for rid, rec in res.records.items() if rec.restarts]
         row = {"run": k + 1, "device": victim, "kill_at_s": round(at, 3),
                "detected_after_wall_s": (round(death["detected_wall"] - kill["killed_wall"], 3)
                                          if kill and death else None),
@@ -99,11 +105,14 @@ def main() -> int:
                "planner_wall_s": round(rp.get("planning_s", float("nan")), 3),
                "adopted": rp.get("adopted"), "roles": rp.get("roles"),
                "lost": m["requests_in"] - m["requests_done"],
-               "restarted": sum(1 for rec in res.records.values() if rec.restarts),
+               "restarted": len(again),
                "tokens_equal": all(res.tokens.get(r.id) == reference[r.id] for r in requests),
                "orphans": len(orphans),
                "mean_waiting_s": m["summary"]["waiting_s"]["mean"],
                "extra_mean_waiting_s": m["summary"]["waiting_s"]["mean"] - bm["summary"]["waiting_s"]["mean"],
+               "extra_mean_e2e_s": m["summary"]["e2e_s"]["mean"] - bm["summary"]["e2e_s"]["mean"],
+               "extra_e2e_requeued_s": (sum(e2e(res, i) - e2e(base, i) for i in again) / len(again)
+                                        if again else 0.0),
                "wall_s": round(time.monotonic() - t0, 1)}
         runs.append(row)
         say(f"run {k + 1}: kill {victim} at {at:.2f} s -> noticed {row['detected_after_wall_s']} s "
@@ -111,7 +120,8 @@ def main() -> int:
             f"{row['planner_wall_s']} s wall, adopted {row['adopted']} {row['roles']}; lost "
             f"{row['lost']}, re-queued {row['restarted']}, tokens equal {row['tokens_equal']}, "
             f"orphans {row['orphans']}; mean waiting {row['mean_waiting_s']:.3f} s "
-            f"({row['extra_mean_waiting_s']:+.3f} s) [{row['wall_s']} s wall]")
+            f"({row['extra_mean_waiting_s']:+.3f} s), mean E2E {row['extra_mean_e2e_s']:+.3f} s, "
+            f"re-queued requests' E2E {row['extra_e2e_requeued_s']:+.3f} s [{row['wall_s']} s wall]")
     ok = all(r["detected_after_wall_s"] is not None and r["detected_after_wall_s"] <= 2.0
              and r["lost"] == 0 and r["tokens_equal"] and r["orphans"] == 0 for r in runs)
     out = {"cluster": cluster.name, "plan": [[r.role, [list(s) for s in r.stages]] for r in plan.replicas],

@@ -502,7 +502,7 @@ def cmd_serve(args) -> dict:
     from .serving.emulated import serve_requests
     from .serving.metrics import fault_report, format_faults, format_summary, write_csv
     from .serving.prompts import prompt_ids
-    from .serving.simulator import simulate_requests
+    from .serving.simulator import script_events, simulate_requests
 
     if not 0 < args.prompt_scale <= 1:
         raise ValueError(f"--prompt-scale must be in (0, 1], got {args.prompt_scale:g}")
@@ -518,8 +518,9 @@ def cmd_serve(args) -> dict:
     show = not args.json and sys.stderr.isatty()
     kw = dict(max_batch_tokens=args.max_batch_tokens, stream_kv=args.stream_kv,
               decode_microbatches=args.decode_microbatches)
-    faults = dict(fail=args.fail, join=args.join, adapt=AdaptConfig() if args.adapt else None,
-                  seed=args.seed)
+    faults = dict(fail=script_events(args.fail, cluster, "fail"),   # checked before any worker starts
+                  join=script_events(args.join, cluster, "join"),
+                  adapt=AdaptConfig() if args.adapt else None, seed=args.seed)
     t0 = time.perf_counter()
     with EmulatedCluster(cluster, dilation=args.dilation, calibrate=True, costmodel=cm,
                          concurrency="all") as rt:

@@ -205,9 +205,10 @@ def test_simulate_cli_marks_the_failure_and_the_re_plan(tmp_path, capsys, mixed8
     assert exc.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert "DEVICE@SECONDS" in err[-1]
-    rc = cli.main(["simulate", "--plan", str(path), "--fail", "nope@3"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc != 0 and len(err) == 1 and "no device 'nope'" in err[0]
+    for cmd in ("simulate", "serve"):   # serve: refused before a worker starts
+        rc = cli.main([cmd, "--plan", str(path), "--fail", "nope@3"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc != 0 and len(err) == 1 and "no device 'nope'" in err[0]
 
 
 def test_requests_keep_their_ids_and_arrivals_in_every_outcome(mixed8):

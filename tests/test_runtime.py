@@ -406,44 +406,48 @@ def test_a_worker_killed_with_forwards_outstanding_fails_each_of_them(haiku_ids)
         assert all(isinstance(c.error, WorkerDied) and cluster.names[1] in str(c.error) for c in failed)
 
 
+@pytest.fixture(scope="module")
+def whole(folder):
+    """The whole model in this process: one-at-a-time single-process generation."""
+    from e2llm_lite.stage import load_stages
+
+    return load_stages([(0, 30)], folder)[0]
+
+
 @pytest.mark.parametrize("n", [1, 3, 5])
 @pytest.mark.parametrize("batch", [1, 2, 5, 8])
-def test_batched_decode_through_emulated_devices(mixed, n, batch):
+def test_batched_decode_through_emulated_devices(mixed, whole, n, batch):
     """B sequences whose contexts differ by >= 100 tokens decode in one batched step per token
-    through n worker processes: the same greedy tokens as one request at a time."""
+    through n worker processes: the same greedy tokens as one-at-a-time single-process
+    generation (the whole model in this process, one request at a time)."""
     names = mixed.cluster.names[::-1][:n]
     pipe = mixed.pipeline([(d, a, b) for d, (a, b) in zip(names, SPLITS[n - 1])])
     g = torch.Generator().manual_seed(n * 10 + batch)
     prompts = [torch.randint(100, 20000, (3 + 110 * i,), generator=g).tolist() for i in range(batch)]
     rt = mixed
-
-    def forwards(jobs):
-        """Each (ids, request, phase) as its own unbatched forward, all in flight at once (they
-        pipeline through the stages: same tokens, less wall time); request -> greedy token."""
-        for ids, req, phase in jobs:
-            pipe.submit(ids, request=req, phase=phase)
-        got = {}
-        while len(got) < len(jobs):
+    steps = 3
+    one = {}   # the reference: each prompt alone, then one greedy step at a time
+    for i, p in enumerate(prompts):
+        whole.free()
+        toks = [int(whole(torch.tensor([p]), request_id=0)[0, -1].argmax())]
+        for _ in range(steps):
+            toks.append(int(whole(torch.tensor([[toks[-1]]]), request_id=0)[0, -1].argmax()))
+        one[i] = toks
+    whole.free()
+    try:
+        for i, p in enumerate(prompts):   # all in flight at once: they pipeline through the stages
+            pipe.submit(p, request=800 + i, phase="prefill")
+        many = {}
+        while len(many) < batch:
             done = rt.poll(60.0)
             assert done, "no completion within 60 s"
             for c in done:
                 assert c.error is None, c.error
-                got[c.request] = c.token
-        return got
-
-    try:
-        first = forwards([(p, 700 + i, "prefill") for i, p in enumerate(prompts)]
-                         + [(p, 800 + i, "prefill") for i, p in enumerate(prompts)])
-        one = {i: [first[700 + i]] for i in range(batch)}
-        many = {800 + i: first[800 + i] for i in range(batch)}
-        for _ in range(3):
-            step = forwards([([one[i][-1]], 700 + i, "decode") for i in one])
-            for i in one:
-                one[i].append(step[700 + i])
-            nxt = pipe.decode(many)
-            for i in range(batch):
-                assert nxt[800 + i] == one[i][-1], (i, nxt, one)
-            many = nxt
+                many[c.request] = c.token
+        assert [many[800 + i] for i in range(batch)] == [one[i][0] for i in range(batch)]
+        for k in range(steps):
+            many = pipe.decode(many)
+            assert [many[800 + i] for i in range(batch)] == [one[i][k + 1] for i in range(batch)]
     finally:
         pipe.release()
         mixed.free()

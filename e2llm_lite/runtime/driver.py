@@ -591,11 +591,16 @@ class EmulatedCluster:
             warnings.warn(f"the plan keeps {len(used)} devices busy at once but the dilation "
                           f"{self.dilation:g} was picked for {self.concurrency}: steps may overrun "
                           "(start the cluster with concurrency='all')", RuntimeWarning, stacklevel=2)
+        placed = [(r, *self._placing(list(r.stages))) for r in plan.replicas]
+        for _, stages, names, ranks in placed:   # every device loads at once
+            self._send_loads(stages, names, ranks)
+        self._acks(Op.LOAD, sum(len(p[1]) for p in placed), [rk for p in placed for rk in p[3]])
         out = {}
-        for r in plan.replicas:
-            pipe = self.pipeline(list(r.stages), name=r.name, calibrate=False)
-            pipe.role, pipe.batch = r.role, r.batch
-            out[r.name] = pipe
+        for r, stages, names, ranks in placed:
+            for n, st in zip(names, stages):
+                self.placements[n] = st
+                self.calibration.pop(n, None)
+            out[r.name] = Pipeline(self, stages, ranks, r.name, role=r.role, batch=r.batch)
         if self.auto_calibrate:            # all devices at once: prefill probes run side by side
             self.calibrate(sorted(used, key=self.rank))
         return out
