@@ -165,18 +165,24 @@ def test_a_worker_killed_mid_serve_is_survived_with_the_same_tokens(tokenizer, f
 
 
 def test_a_device_that_joins_is_loaded_into_the_next_plan(tokenizer):
-    """A device absent from the start (its worker runs, holding no layers) joins mid-serve: the
-    re-plan takes it, its replica is loaded while the others serve, and every request finishes."""
-    cluster = default_cluster(3)
-    late = cluster.names[2]
-    plan = make_plan(cluster.subset(cluster.names[:2]), "e2llm", "conv", 0.5,
+    """A device absent from the start (its worker runs, holding no layers) joins mid-serve, and
+    another one's worker dies before the first request arrives (nothing in flight: the death is
+    still found): the re-plans take both into account, the new replicas are loaded, and every
+    request finishes."""
+    cluster = default_cluster(4)
+    late, gone = cluster.names[3], cluster.names[0]
+    plan = make_plan(cluster.subset(cluster.names[:3]), "e2llm", "conv", 0.5,
                      config=GAConfig(population=12, generations=6, patience=3))
-    requests = [Request(i, 0.1 * i, 12 + 2 * i, 4) for i in range(8)]
+    requests = [Request(i, 0.3 + 0.1 * i, 12 + 2 * i, 4) for i in range(8)]
     prompts = {r.id: prompt_ids(tokenizer, r.prompt_tokens, r.id) for r in requests}
     with EmulatedCluster(cluster, dilation=1.0, timeout_s=60) as rt:
         pipes = rt.load_plan(plan)
-        result = serve_requests(rt, pipes, plan, cluster, requests, prompts, join=[(late, 0.05)])
+        result = serve_requests(rt, pipes, plan, cluster, requests, prompts,
+                                fail=[(gone, 0.0)], join=[(late, 0.6)])
     assert all(rec.done and not rec.rejected for rec in result.records.values())
-    assert result.replans[0]["reason"] == "join" and result.replans[0]["adopted"]
-    assert any(late in devs for name, devs in result.replica_devices.items() if name.startswith("g1-"))
+    assert [d["device"] for d in result.deaths] == [gone]
+    reasons = [r["reason"] for r in result.replans if r.get("adopted")]
+    assert "failure" in reasons and "join" in reasons
+    final = [devs for name, devs in result.replica_devices.items() if name.startswith("g")]
+    assert any(late in devs for devs in final) and not any(gone in devs for devs in final)
     assert any(kind == "loaded" for _, kind, _ in result.marks)

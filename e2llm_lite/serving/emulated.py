@@ -124,6 +124,7 @@ class _Adapter:
         self.last: dict[int, int] = {}        # request -> its last token
         self.planned: queue.Queue = queue.Queue()   # PlanReady answers from planner threads
         self.planning = 0                     # planner threads running
+        self.told: set = set()                # devices whose death the scheduler has been told
         self.result = RealResult(records=scheduler.records, tokens={}, dilation=rt.dilation)
         for name, rep in scheduler.replicas.items():
             self._note_replica(name, rep.stages)
@@ -135,7 +136,8 @@ class _Adapter:
 
     @property
     def busy(self) -> bool:
-        return bool(self.ops) or self.planning > 0
+        """Operations or a planner in flight, or a worker death the scheduler has not heard of."""
+        return bool(self.ops) or self.planning > 0 or bool(set(self.rt.dead) - self.told)
 
     # ---- events in ---------------------------------------------------------------------------
     def feed(self, event) -> None:
@@ -275,6 +277,7 @@ class _Adapter:
     def died(self, c) -> None:
         """A device's worker died: forget what was in flight on it, tell the scheduler."""
         device = c.pipeline
+        self.told.add(device)
         if not self.s.replan:
             raise WorkerDied(str(c.error))   # not survived: the run ends with ServeFailed
         self.result.deaths.append({"device": device, "detected_s": c.end_s - self.t0,
@@ -363,12 +366,9 @@ def serve_requests(rt, pipes: dict, plan, cluster, requests, prompts: dict, *, c
             nexts = ([todo[0].arrival_s] if todo else []) + ([script[0][0]] if script else [])
             wait = (min(nexts) - ad.now()) * rt.dilation if nexts else rt.timeout_s
             wait = max(0.0, min(wait, 0.05 if ad.planning else 1.0))
-            if not ad.ops:
-                if not todo and not ad.planning:
-                    break          # nothing in flight, nothing to come: the scheduler is done
-                time.sleep(wait)
-                continue
-            for c in rt.poll(wait):
+            if not (todo or ad.busy):
+                break              # nothing in flight, nothing to come: the scheduler is done
+            for c in rt.poll(wait):   # also when idle: a worker that died is reported here
                 ad.completed(c)
             if bar is not None:
                 bar.n = len(sched.records) - sched.pending
