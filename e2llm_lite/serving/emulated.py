@@ -124,7 +124,7 @@ class _Adapter:
         self.last: dict[int, int] = {}        # request -> its last token
         self.planned: queue.Queue = queue.Queue()   # PlanReady answers from planner threads
         self.planning = 0                     # planner threads running
-        self.told: set = set()                # devices whose death the scheduler has been told
+        self.told: set = set(rt.dead)         # devices whose death the scheduler knows of
         self.result = RealResult(records=scheduler.records, tokens={}, dilation=rt.dilation)
         for name, rep in scheduler.replicas.items():
             self._note_replica(name, rep.stages)
@@ -331,9 +331,13 @@ def serve_requests(rt, pipes: dict, plan, cluster, requests, prompts: dict, *, c
     kw = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
     if replan is None:
         replan = bool(fail or join or adapt is not None)
+    dead = sorted(set(rt.dead))   # workers that died before this run: never up
+    if set(dead) & set(plan.used_devices):
+        raise ConfigError(f"the plan uses device(s) {', '.join(sorted(set(dead) & set(plan.used_devices)))} "
+                          "whose worker is dead")
     sched = Scheduler(plan, cluster, policy=policy, stream_kv=stream_kv,
                       decode_microbatches=decode_microbatches, replan=replan, adapt=adapt,
-                      absent=[d for d, _ in join], **kw)
+                      absent=sorted({d for d, _ in join} | set(dead)), **kw)
     if replanner is None:
         def replanner(cl, devices, pl, **k):
             return default_replan(cl, devices, pl, seed=seed, costmodel=costmodel, **k)
