@@ -295,18 +295,15 @@ class EmulatedCluster:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
 
-    def _scan_dead(self) -> list[str]:
-        """Devices whose (spawned) worker process exited since the last scan: recorded in
-        :attr:`dead` with the device time it was noticed."""
-        new = []
+    def _scan_dead(self) -> None:
+        """Record in :attr:`dead` every (spawned) worker process that has exited, with the
+        device time it was noticed (:attr:`died_s`)."""
         for r, p in enumerate(self.procs, start=1):
             name = self.cluster.devices[r - 1].name
             if name not in self.dead and p.poll() is not None:
                 self.dead[name] = (f"the worker of device {name!r} (rank {r}) died "
                                    f"(exit code {p.returncode})")
                 self.died_s[name] = self.now_s()
-                new.append(name)
-        return new
 
     def _check_alive(self, ranks=None) -> None:
         """Raise WorkerDied if the worker of any of ``ranks`` (default: every rank) is dead."""
@@ -536,6 +533,12 @@ class EmulatedCluster:
             raise ValueError(f"devices {busy} already hold layers of another pipeline")
         return stages, names, [self.rank(n) for n in names]
 
+    def _place(self, names, stages) -> None:
+        """Record that ``names`` hold ``stages`` (uncalibrated from now)."""
+        for n, s in zip(names, stages):
+            self.placements[n] = s
+            self.calibration.pop(n, None)
+
     def _send_loads(self, stages, names, ranks, opid: int = 0) -> None:
         for i, s in enumerate(stages):
             dev = self.cluster.device(names[i])
@@ -550,9 +553,7 @@ class EmulatedCluster:
         stages, names, ranks = self._placing(stages)
         self._send_loads(stages, names, ranks)
         self._acks(Op.LOAD, len(stages), ranks)  # a refused LOAD leaves that worker without a stage
-        for n, s in zip(names, stages):
-            self.placements[n] = s
-            self.calibration.pop(n, None)
+        self._place(names, stages)
         if self.auto_calibrate if calibrate is None else calibrate:
             self.calibrate(names)
         return Pipeline(self, stages, ranks, name)
@@ -566,9 +567,7 @@ class EmulatedCluster:
         stages, names, ranks = self._placing(stages)
         opid = self.new_op()
         self._register(opid, "load", name, [], expect=len(stages), ranks=ranks)
-        for n, s in zip(names, stages):
-            self.placements[n] = s
-            self.calibration.pop(n, None)
+        self._place(names, stages)
         pipe = Pipeline(self, stages, ranks, name)
         pipe.load_op = opid
         try:
@@ -597,9 +596,7 @@ class EmulatedCluster:
         self._acks(Op.LOAD, sum(len(p[1]) for p in placed), [rk for p in placed for rk in p[3]])
         out = {}
         for r, stages, names, ranks in placed:
-            for n, st in zip(names, stages):
-                self.placements[n] = st
-                self.calibration.pop(n, None)
+            self._place(names, stages)
             out[r.name] = Pipeline(self, stages, ranks, r.name, role=r.role, batch=r.batch)
         if self.auto_calibrate:            # all devices at once: prefill probes run side by side
             self.calibrate(sorted(used, key=self.rank))
