@@ -93,13 +93,12 @@ def main() -> int:
         t0 = time.monotonic()
         res, orphans = serve(cluster, plan, requests, prompts, a.dilation, fail=[(victim, at)])
         m = res.metrics()
-        kill = res.kills[0] if res.kills else None
         death = res.deaths[0] if res.deaths else None
         rp = res.replans[0] if res.replans else {}
         again = [rid for rid, rec in res.records.items() if rec.restarts]
         row = {"run": k + 1, "device": victim, "kill_at_s": round(at, 3),
-               "detected_after_wall_s": (round(death["detected_wall"] - kill["killed_wall"], 3)
-                                         if kill and death else None),
+               "detected_after_wall_s": (round(death["detected_after_s"], 3)
+                                         if death and death["detected_after_s"] is not None else None),
                "replan_ready_after_s": (round(rp["ready_s"] - rp["asked_s"], 3)
                                         if "ready_s" in rp else None),
                "planner_wall_s": round(rp.get("planning_s", float("nan")), 3),

@@ -530,10 +530,8 @@ def cmd_serve(args) -> dict:
                                 progress=show, **kw, **faults)
     out = result.metrics()
     out.update(fault_report(result.records.values(), result.marks, result.replans))
-    if result.kills or result.deaths:
-        out["deaths"] = [dict(d, detected_after_s=round(d["detected_wall"] - k["killed_wall"], 3))
-                         if k else d for d in result.deaths
-                         for k in [next((k for k in result.kills if k["device"] == d["device"]), None)]]
+    if result.deaths:
+        out["deaths"] = result.deaths
     out.update({"plan": str(args.plan), "strategy": plan.strategy, "cluster": cluster.name,
                 "workload": wl.name if hasattr(wl, "name") else str(args.workload),
                 "rate": wl.rate, "prompt_scale": args.prompt_scale, **kw,
@@ -566,8 +564,9 @@ def cmd_serve(args) -> dict:
         for line in format_faults(out):
             print(line)
         for d in out.get("deaths", []):
-            print(f"  worker of {d['device']} found dead {d.get('detected_after_s', float('nan')):.2f} s "
-                  f"(wall) after it was killed")
+            after = d["detected_after_s"]
+            print(f"  worker of {d['device']} found dead" + ("" if after is None else
+                  f" {after:.2f} s (wall) after it was killed"))
         for r, text in out["texts"].items():
             print(f"  request {r}: {text!r}")
         if args.requests_out:

@@ -426,7 +426,9 @@ class EmulatedCluster:
                 except queue.Empty:
                     break
             out += self._overdue()   # also while messages keep coming
-            if time.monotonic() - self._last_scan >= self.SCAN_EVERY_S:
+            # a death is reported before any failure it caused (an ERROR echoing it may be first)
+            if time.monotonic() - self._last_scan >= self.SCAN_EVERY_S or any(
+                    isinstance(c.error, WorkerDied) for c in out):
                 out = self._deaths() + out
         return out
 

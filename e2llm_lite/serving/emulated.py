@@ -92,7 +92,8 @@ class RealResult:
     durations: Durations | None = None
     marks: list = field(default_factory=list)        # (device s, kind, detail): the scheduler's
     replans: list = field(default_factory=list)      # one dict per re-plan (the scheduler's log)
-    deaths: list = field(default_factory=list)       # {device, detected_s, detected_wall, why}
+    deaths: list = field(default_factory=list)       # {device, detected_s, detected_wall, why,
+                                                     #  detected_after_s: wall s after its kill}
     kills: list = field(default_factory=list)        # {device, killed_s, killed_wall}: ``fail``
     stopped: str = ""                                # why the service stopped, if it did
 
@@ -241,9 +242,6 @@ class _Adapter:
             return   # an operation of a replica lost with a device: forgotten at its death
         _, kind, *rest = what
         if c.error is not None:
-            if kind == "load" and isinstance(c.error, WorkerDied):
-                self.feed(ReplicaLoaded(c.end_s - self.t0, rest[0]))   # the scheduler drops it
-                return
             raise c.error
         if kind == "iteration":
             key, rid, final = rest
@@ -280,8 +278,11 @@ class _Adapter:
         self.told.add(device)
         if not self.s.replan:
             raise WorkerDied(str(c.error))   # not survived: the run ends with ServeFailed
+        wall = time.monotonic()
+        kill = next((k for k in self.result.kills if k["device"] == device), None)
         self.result.deaths.append({"device": device, "detected_s": c.end_s - self.t0,
-                                   "detected_wall": time.monotonic(), "why": str(c.error)})
+                                   "detected_wall": wall, "why": str(c.error),
+                                   "detected_after_s": None if kill is None else wall - kill["killed_wall"]})
         lost = {opid for opid, (devs, *_) in self.ops.items() if device in devs}
         loads = [self.ops[o][2] for o in lost if self.ops[o][1] == "load"]
         for opid in lost:
