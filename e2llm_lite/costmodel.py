@@ -158,10 +158,16 @@ def _finite_number(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 
 
-#: A profile is plausible if no op takes more than an hour (ms) on this many tokens / sequences /
-#: context tokens (the model's context; the reference profile's worst is about 25 s).
-PLAUSIBLE_SHAPE = 8192
+#: A profile is plausible if no op takes more than an hour (ms) on the largest shape a run can ask
+#: for: a prompt or a context of the model's 8192 tokens, a batch of 256 sequences (the reference
+#: profile's worst there is about 25 s). A batch of 8192 sequences of 8192 tokens each is not a
+#: shape anyone runs: a tiny profile's noisy batch*context slope would fail it for nothing.
+PLAUSIBLE_SHAPE = {"tokens": 8192, "context": 8192, "batch": 256}
 PLAUSIBLE_MAX_MS = 3.6e6
+
+
+def _shape_text(op: str) -> str:
+    return ", ".join(f"{n}={PLAUSIBLE_SHAPE[n]}" for n in FORMS[op][0])
 
 
 def validate_profile(d) -> None:
@@ -184,10 +190,10 @@ def validate_profile(d) -> None:
             raise ConfigError(f"fit.{op}.coef must be a list of {k} finite numbers >= 0, got {coef!r}")
     for op in N_COEF:  # a typo'd coefficient (1e308) would turn into inf / NaN stage times
         with np.errstate(over="ignore", invalid="ignore"):
-            worst = predict_op(op, d["fit"][op]["coef"], dict.fromkeys(FORMS[op][0], PLAUSIBLE_SHAPE))
+            worst = predict_op(op, d["fit"][op]["coef"], PLAUSIBLE_SHAPE)
         if not worst <= PLAUSIBLE_MAX_MS:
             raise ConfigError(f"fit.{op}.coef {d['fit'][op]['coef']} predicts {worst:.3g} ms at "
-                              f"{PLAUSIBLE_SHAPE} tokens/sequences, more than the "
+                              f"{_shape_text(op)}, more than the "
                               f"{PLAUSIBLE_MAX_MS:g} ms (one hour) a plausible profile allows")
     if d["fit"]["prefill_layer"]["coef"][0] + d["fit"]["prefill_layer"]["coef"][1] <= 0:
         raise ConfigError("fit.prefill_layer predicts 0 ms for a 1-token prompt; the profile is unusable")

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from e2llm_lite import cli
+from e2llm_lite.costmodel import validate_profile
 from e2llm_lite.devices import preset
+from e2llm_lite.errors import ConfigError
 
 REFERENCE_PROFILE = Path(__file__).resolve().parents[1] / "data" / "profile_reference.json"
 
@@ -131,6 +133,17 @@ def test_an_implausible_profile_is_refused_at_load(tmp_path, capsys):
     one_line(capsys, 2, ["profile", "--show", str(tmp_path / "p.json")], "p.json", "prefill_layer")
     one_line(capsys, 2, ["plan", "--cluster", "home4", "--rate", "1", "--profile",
                          str(tmp_path / "p.json")], "p.json", "prefill_layer")
+
+
+def test_a_noisy_tiny_profile_is_plausible_but_a_typo_is_not():
+    """The plausibility bound is taken at shapes a run can ask for (CI found a tiny profile whose
+    noisy batch*context slope, 0.07 ms, was refused at a batch of 8192 sequences of 8192 tokens)."""
+    d = json.loads(REFERENCE_PROFILE.read_text())
+    d["fit"]["decode_layer"]["coef"] = [2.28665, 0.253529, 0.0695579, 0.519468, 0.0]
+    validate_profile(d)
+    d["fit"]["decode_layer"]["coef"][2] = 2.0  # 2 ms per context token: > 1 h at 256 x 8192
+    with pytest.raises(ConfigError, match=r"decode_layer.*batch=256, context=8192"):
+        validate_profile(d)
 
 
 @pytest.mark.parametrize("name,value", [("fast", "1e+300"), ("slow", "1e-09")])
