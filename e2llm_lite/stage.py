@@ -14,6 +14,7 @@ hidden states, or logits ``[1, 1, vocab]`` for the last position on the last sta
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,6 +299,16 @@ class Stage(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layers=[{self.start}, {self.end}), first={self.first}, last={self.last}"
+
+
+def preload() -> None:
+    """Import what building and running a stage imports lazily (transformers' Llama layers, its
+    config, cache and masks: ~4.8 s of CPU), so that a process forked after this call (the worker
+    zygote, :mod:`e2llm_lite.runtime.zygote`) starts without them."""
+    for name in ("transformers.cache_utils", "transformers.masking_utils",
+                 "transformers.models.auto.configuration_auto",
+                 "transformers.models.llama.modeling_llama"):
+        importlib.import_module(name)
 
 
 def load_stages(ranges: list[tuple[int, int]], folder: Path | None = None) -> list[Stage]:

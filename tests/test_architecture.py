@@ -37,8 +37,11 @@ TORCH_FREE = ["e2llm_lite.devices", "e2llm_lite.costmodel", "e2llm_lite.memory",
 
 # Imports inside functions, on purpose (not to dodge a cycle): the CLI loads each command's
 # modules when it runs (so `e2llm-lite plan` never imports torch); profiling loads the torch-side
-# Stage only when it measures.
-LAZY_OK = {"e2llm_lite.cli": None, "e2llm_lite.profiling": {"e2llm_lite.stage"}}
+# Stage only when it measures; the worker zygote asks to die with its driver before it imports
+# torch (seconds), as a worker does.
+LAZY_OK = {"e2llm_lite.cli": None, "e2llm_lite.profiling": {"e2llm_lite.stage"},
+           "e2llm_lite.runtime.zygote": {"e2llm_lite.runtime", "e2llm_lite.runtime.worker",
+                                         "e2llm_lite.stage"}}
 
 
 def module_name(path: Path) -> str:

@@ -48,6 +48,7 @@ from .pipeline import Pipeline, StagePlacement
 from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Op, Outbox, Postbox, Receiver,
                        make_group, text_payload)
 from .throttle import auto_dilation
+from .zygote import forking_enabled, shared_zygote
 
 CALIBRATION_TOKENS = (8, 24, 64, 160)   # prompt lengths a calibration times (a host's fixed per-step
                                    # cost differs from the profile's: one length is not enough)
@@ -149,11 +150,13 @@ class EmulatedCluster:
                 self._tmp = tempfile.mkdtemp(prefix="e2llm-")
                 group = dict(store_file=os.path.join(self._tmp, "store"), bind="127.0.0.1")
                 for r in range(1, self.world):
-                    self.procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "e2llm_lite.runtime.worker", "--rank", str(r),
-                         "--world", str(self.world), "--store-file", group["store_file"],
-                         "--parent", str(os.getpid()), "--connect-timeout", f"{self.connect_timeout_s:g}",
-                         "--local"], stdin=subprocess.DEVNULL))
+                    argv = ["--rank", str(r), "--world", str(self.world), "--store-file",
+                            group["store_file"], "--connect-timeout", f"{self.connect_timeout_s:g}",
+                            "--local"]
+                    self.procs.append(
+                        shared_zygote().spawn(argv, self.connect_timeout_s) if forking_enabled() else subprocess.Popen(
+                            [sys.executable, "-m", "e2llm_lite.runtime.worker", *argv,
+                             "--parent", str(os.getpid())], stdin=subprocess.DEVNULL))
             else:
                 group = dict(addr=self.addr, port=self.port, bind=os.environ.get("E2LLM_BIND_ADDR") or None)
             self.store, self.pg = self._join(group)
@@ -227,6 +230,8 @@ class EmulatedCluster:
         broken = self.receiver is not None and self.receiver.error is not None
         live = [] if broken else self.live_ranks
         if self.pg is not None and live:  # ask every live worker to stop; never wait long on one
+            if self.receiver is not None:  # it ends once every live worker has echoed its STOP
+                self.receiver.stops = len(live)
             for r in live:
                 self._post(r, Op.STOP, {"timeout_s": 1.0})   # after what is queued
             deadline = time.monotonic() + timeout_s

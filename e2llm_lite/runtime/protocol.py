@@ -350,6 +350,7 @@ class Receiver:
         self.pg, self.postbox, self.local_time = pg, postbox, local_time
         self.on_error, self.world = on_error, world
         self.error: BaseException | None = None
+        self.stops = 1   # STOP messages that end the thread: the driver expects one per live worker
         self.thread = threading.Thread(target=self._run, name="e2llm-receiver", daemon=True)
         self.thread.start()
 
@@ -359,7 +360,9 @@ class Receiver:
                 msg = recv(self.pg, self.world)
                 self.postbox.put(msg, self.local_time(msg.t) if msg.t else 0.0)
                 if msg.op == Op.STOP:
-                    return
+                    self.stops -= 1
+                    if self.stops <= 0:
+                        return
         except BaseException as e:  # connection closed, process group shut down, bad header
             self.error = e
             self.postbox.put(self.on_error(e))

@@ -433,7 +433,10 @@ def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int | None 
     resolves to). ``timeout_s`` bounds every message wait; ``connect_timeout_s`` the rendezvous."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # set already (a worker forked by the zygote): only once per process
+        pass
     group = (dict(store_file=store_file, bind="127.0.0.1") if store_file
              else dict(addr=addr, port=port, bind=bind))
     try:
