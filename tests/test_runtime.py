@@ -414,6 +414,9 @@ def whole(folder):
     return load_stages([(0, 30)], folder)[0]
 
 
+_ONE_AT_A_TIME: dict = {}   # batch -> (prompts, single-process greedy tokens of each)
+
+
 @pytest.mark.parametrize("n", [1, 3, 5])
 @pytest.mark.parametrize("batch", [1, 2, 5, 8])
 def test_batched_decode_through_emulated_devices(mixed, whole, n, batch):
@@ -422,18 +425,21 @@ def test_batched_decode_through_emulated_devices(mixed, whole, n, batch):
     generation (the whole model in this process, one request at a time)."""
     names = mixed.cluster.names[::-1][:n]
     pipe = mixed.pipeline([(d, a, b) for d, (a, b) in zip(names, SPLITS[n - 1])])
-    g = torch.Generator().manual_seed(n * 10 + batch)
-    prompts = [torch.randint(100, 20000, (3 + 110 * i,), generator=g).tolist() for i in range(batch)]
     rt = mixed
     steps = 3
-    one = {}   # the reference: each prompt alone, then one greedy step at a time
-    for i, p in enumerate(prompts):
+    if batch not in _ONE_AT_A_TIME:   # the same prompts for every n: the reference once per batch
+        g = torch.Generator().manual_seed(batch)
+        prompts = [torch.randint(100, 20000, (3 + 110 * i,), generator=g).tolist() for i in range(batch)]
+        one = {}   # the reference: each prompt alone, then one greedy step at a time
+        for i, p in enumerate(prompts):
+            whole.free()
+            toks = [int(whole(torch.tensor([p]), request_id=0)[0, -1].argmax())]
+            for _ in range(steps):
+                toks.append(int(whole(torch.tensor([[toks[-1]]]), request_id=0)[0, -1].argmax()))
+            one[i] = toks
         whole.free()
-        toks = [int(whole(torch.tensor([p]), request_id=0)[0, -1].argmax())]
-        for _ in range(steps):
-            toks.append(int(whole(torch.tensor([[toks[-1]]]), request_id=0)[0, -1].argmax()))
-        one[i] = toks
-    whole.free()
+        _ONE_AT_A_TIME[batch] = prompts, one
+    prompts, one = _ONE_AT_A_TIME[batch]
     try:
         for i, p in enumerate(prompts):   # all in flight at once: they pipeline through the stages
             pipe.submit(p, request=800 + i, phase="prefill")
