@@ -522,7 +522,7 @@ def cmd_serve(args) -> dict:
                   join=script_events(args.join, cluster, "join"),
                   adapt=AdaptConfig() if args.adapt else None, seed=args.seed)
     t0 = time.perf_counter()
-    with EmulatedCluster(cluster, dilation=args.dilation, calibrate=True, costmodel=cm,
+    with EmulatedCluster(cluster, dilation=args.dilation, calibrate=args.calibrate, costmodel=cm,
                          concurrency="all") as rt:
         pipes = rt.load_plan(plan)
         rt.free(reset_stats=True)
@@ -535,7 +535,7 @@ def cmd_serve(args) -> dict:
     out.update({"plan": str(args.plan), "strategy": plan.strategy, "cluster": cluster.name,
                 "workload": wl.name if hasattr(wl, "name") else str(args.workload),
                 "rate": wl.rate, "prompt_scale": args.prompt_scale, **kw,
-                "events": len(result.events), "dilation": result.dilation,
+                "events": len(result.events), "dilation": result.dilation, "calibrated": args.calibrate,
                 "overruns": result.overruns, "wall_s": round(time.perf_counter() - t0, 3),
                 "texts": {str(r): tok.decode(t) for r, t in sorted(result.tokens.items())[:3]}})
     if args.with_sim:
@@ -929,6 +929,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "stream and print both side by side")
     sv.add_argument("--dilation", type=_positive_float, help="clock dilation (default: picked for "
                     "every device computing at once)")
+    sv.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                    help="skip calibrating each device against the cost model (about a minute on "
+                    "2 cores): the devices then run at their speed relative to this host's thread "
+                    "as it is now, so the simulation beside (--with-sim) is off by this host's factor")
     sv.set_defaults(func=cmd_serve)
     return p
 

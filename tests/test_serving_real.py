@@ -107,9 +107,10 @@ def test_serve_cli_prints_json_with_the_simulation_beside(tmp_path, capsys):
     plan.save(tmp_path / "p.json")
     assert cli.main(["serve", "--plan", str(tmp_path / "p.json"), "--cluster", str(tmp_path / "c.json"),
                      "--requests", "3", "--rate", "2", "--prompt-scale", "0.03", "--dilation", "1",
-                     "--with-sim", "--json", "--requests-out", str(tmp_path / "r.csv")]) == 0
+                     "--no-calibrate", "--with-sim", "--json", "--requests-out", str(tmp_path / "r.csv")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["requests_in"] == out["requests_done"] == 3 and out["sim"]["requests_done"] == 3
+    assert out["calibrated"] is False
     assert set(out["summary"]) == set(out["sim"]["summary"])        # the same schema
     assert (tmp_path / "r.csv").read_text().count("\n") == 4
     assert cli.main(["serve", "--plan", str(tmp_path / "p.json"), "--cluster",

@@ -63,6 +63,9 @@ def _die_with_parent(parent: int) -> None:
 
 
 # ---- the zygote's side ------------------------------------------------------------------------
+_WAKE: list[int] = []   # the zygote's wake-up pipe (read end, write end)
+
+
 def _fork_worker(req: dict) -> int:
     """Fork one worker for request ``req``; returns its pid (in the zygote)."""
     me = os.getpid()
@@ -74,6 +77,8 @@ def _fork_worker(req: dict) -> int:
         _die_with_parent(me)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in _WAKE:   # the zygote's wake-up pipe is not ours either
+            os.close(fd)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)   # the driver's pipe is the zygote's, not ours
         os.dup2(2, 1)      # stdout is the zygote's report channel: a worker writes to stderr
@@ -119,7 +124,7 @@ def serve(parent: int) -> None:
     when stdin closes or the parent is gone."""
     children: set = set()
     buf = b""
-    wake_r, wake_w = os.pipe()   # a worker's exit wakes the loop at once (SIGCHLD)
+    wake_r, wake_w = _WAKE[:] = os.pipe()   # a worker's exit wakes the loop at once (SIGCHLD)
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
