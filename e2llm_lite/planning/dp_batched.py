@@ -58,9 +58,17 @@ def _exact_batched(p: DPProblem, T: np.ndarray):
             after = G[rest[:, :, None], Ec, : hi + 1]  # (c, s, s-1, m)
             hand = p.comm[D[:, :, None], Ec]  # (c, s, s-1)
             stage = T[D, :hi, : hi + 1]  # (c, s, k, m)
-            val = stage[:, :, None, :, :] + hand[:, :, :, None, None]  # (c, s, e, k, m)
-            combine(val, after[:, :, :, None, :], out=val)
-            G[masks[c0:c0 + step, None], D, :hi] = val.min(axis=(2, 4))
+            # one successor position e at a time (arrays that stay in cache); a min is exact in
+            # any order, so the values are dp.py's whatever the order
+            best = val = None
+            for j in range(size - 1):
+                val = np.add(stage, hand[:, :, j, None, None], out=val)  # (c, s, k, m)
+                combine(val, after[:, :, j, None, :], out=val)
+                if best is None:
+                    best = val.copy()
+                else:
+                    np.minimum(best, val, out=best)
+            G[masks[c0:c0 + step, None], D, :hi] = best.min(axis=3)
 
     first = G[:, :, 0]
     best = first.min()
