@@ -39,6 +39,7 @@ def test_workers_are_forked_from_one_zygote_and_reaped(haiku_ids, reference_toke
         with EmulatedCluster(default_cluster(2), dilation=1.0, timeout_s=60) as rt:
             assert all(isinstance(p, ForkedProcess) for p in rt.procs)
             assert {psutil.Process(p.pid).ppid() for p in rt.procs} == {z.proc.pid}
+            assert [psutil.Process(p.pid).name() for p in rt.procs] == ["e2llm-w1", "e2llm-w2"]
             pipe = rt.pipeline([(rt.cluster.names[0], 0, 12), (rt.cluster.names[1], 12, 30)])
             gen = pipe.generate(haiku_ids, 20, [tokenizer.eos_token_id])
             assert gen.tokens == reference_tokens  # a forked worker computes what a fresh one does

@@ -50,12 +50,15 @@ def forking_enabled() -> bool:
     return os.environ.get("E2LLM_ZYGOTE", "1") != "0"
 
 
-def _die_with_parent(parent: int) -> None:
-    """Be killed by the kernel when ``parent`` (our parent) exits; exit now if it already has."""
+def _die_with_parent(parent: int, name: str) -> None:
+    """Be killed by the kernel when ``parent`` (our parent) exits; exit now if it already has.
+    ``name``: this process's name in ``top`` and ``ps -e`` (its command line stays the zygote's)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)             # PR_SET_PDEATHSIG
+        libc.prctl(15, name.encode()[:15])        # PR_SET_NAME
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent:
@@ -74,7 +77,9 @@ def _fork_worker(req: dict) -> int:
         return pid
     code = 0
     try:  # the child: never returns to the zygote's loop
-        _die_with_parent(me)
+        argv = req["argv"]
+        _die_with_parent(me, f"e2llm-w{argv[argv.index('--rank') + 1]}" if "--rank" in argv
+                         else "e2llm-worker")
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in _WAKE:   # the zygote's wake-up pipe is not ours either
@@ -89,7 +94,7 @@ def _fork_worker(req: dict) -> int:
             os.chdir(req["cwd"])
         from . import worker
 
-        worker.main([*req["argv"], "--parent", str(me)])
+        worker.main([*argv, "--parent", str(me)])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:  # noqa: BLE001 - reported on stderr, the exit code tells the driver
@@ -154,7 +159,7 @@ def serve(parent: int) -> None:
 
 def main() -> None:
     parent = int(sys.argv[sys.argv.index("--parent") + 1])
-    _die_with_parent(parent)
+    _die_with_parent(parent, "e2llm-zygote")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # what every worker imports, once (the worker module sets torch's log level before torch)
     importlib.import_module("e2llm_lite.runtime.worker")
