@@ -16,26 +16,12 @@ driver's TCPStore still answers. Joining the group is bounded by ``--connect-tim
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
+from .guard import die_with_parent  # noqa: E402  (imports nothing heavy)
 
-def _guard_local_worker(argv: list[str]) -> None:
-    """A spawned worker's first act (before anything slow): die with the driver, ignore Ctrl-C
-    (the driver stops its workers), and exit at once if the driver is already gone."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if "--parent" in argv and os.getppid() != int(argv[argv.index("--parent") + 1]):
-        os._exit(0)
-
-
-if __name__ == "__main__" and "--local" in sys.argv:
-    _guard_local_worker(sys.argv)
+if __name__ == "__main__" and "--local" in sys.argv:   # a spawned worker: before importing torch
+    die_with_parent(int(sys.argv[sys.argv.index("--parent") + 1]) if "--parent" in sys.argv else None)
 
 import math  # noqa: E402
 import queue  # noqa: E402

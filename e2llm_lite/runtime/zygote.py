@@ -43,26 +43,12 @@ import threading
 import time
 
 from ..errors import WorkerDied
+from .guard import die_with_parent
 
 
 def forking_enabled() -> bool:
     """Whether spawned workers are forked from a zygote (``E2LLM_ZYGOTE`` not ``0``)."""
     return os.environ.get("E2LLM_ZYGOTE", "1") != "0"
-
-
-def _die_with_parent(parent: int, name: str) -> None:
-    """Be killed by the kernel when ``parent`` (our parent) exits; exit now if it already has.
-    ``name``: this process's name in ``top`` and ``ps -e`` (its command line stays the zygote's)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)             # PR_SET_PDEATHSIG
-        libc.prctl(15, name.encode()[:15])        # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(0)
 
 
 # ---- the zygote's side ------------------------------------------------------------------------
@@ -78,8 +64,8 @@ def _fork_worker(req: dict) -> int:
     code = 0
     try:  # the child: never returns to the zygote's loop
         argv = req["argv"]
-        _die_with_parent(me, f"e2llm-w{argv[argv.index('--rank') + 1]}" if "--rank" in argv
-                         else "e2llm-worker")
+        die_with_parent(me, f"e2llm-w{argv[argv.index('--rank') + 1]}" if "--rank" in argv
+                        else "e2llm-worker")
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in _WAKE:   # the zygote's wake-up pipe is not ours either
@@ -159,8 +145,7 @@ def serve(parent: int) -> None:
 
 def main() -> None:
     parent = int(sys.argv[sys.argv.index("--parent") + 1])
-    _die_with_parent(parent, "e2llm-zygote")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent, "e2llm-zygote")
     # what every worker imports, once (the worker module sets torch's log level before torch)
     importlib.import_module("e2llm_lite.runtime.worker")
     from ..stage import preload
