@@ -60,14 +60,12 @@ def _exact_batched(p: DPProblem, T: np.ndarray):
             stage = T[D, :hi, : hi + 1]  # (c, s, k, m)
             # one successor position e at a time (arrays that stay in cache); a min is exact in
             # any order, so the values are dp.py's whatever the order
-            best = val = None
-            for j in range(size - 1):
-                val = np.add(stage, hand[:, :, j, None, None], out=val)  # (c, s, k, m)
+            best = combine(stage + hand[:, :, 0, None, None], after[:, :, 0, None, :])  # (c, s, k, m)
+            val = np.empty_like(best)
+            for j in range(1, size - 1):
+                np.add(stage, hand[:, :, j, None, None], out=val)
                 combine(val, after[:, :, j, None, :], out=val)
-                if best is None:
-                    best = val.copy()
-                else:
-                    np.minimum(best, val, out=best)
+                np.minimum(best, val, out=best)
             G[masks[c0:c0 + step, None], D, :hi] = best.min(axis=3)
 
     first = G[:, :, 0]

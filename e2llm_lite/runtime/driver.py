@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,7 +47,7 @@ from .pipeline import Pipeline, StagePlacement
 from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Op, Outbox, Postbox, Receiver,
                        make_group, text_payload)
 from .throttle import auto_dilation
-from .zygote import forking_enabled, shared_zygote
+from .zygote import start_worker
 
 CALIBRATION_TOKENS = (8, 24, 64, 160)   # prompt lengths a calibration times (a host's fixed per-step
                                    # cost differs from the profile's: one length is not enough)
@@ -153,10 +152,7 @@ class EmulatedCluster:
                     argv = ["--rank", str(r), "--world", str(self.world), "--store-file",
                             group["store_file"], "--connect-timeout", f"{self.connect_timeout_s:g}",
                             "--local"]
-                    self.procs.append(
-                        shared_zygote().spawn(argv, self.connect_timeout_s) if forking_enabled() else subprocess.Popen(
-                            [sys.executable, "-m", "e2llm_lite.runtime.worker", *argv,
-                             "--parent", str(os.getpid())], stdin=subprocess.DEVNULL))
+                    self.procs.append(start_worker(argv, self.connect_timeout_s))
             else:
                 group = dict(addr=self.addr, port=self.port, bind=os.environ.get("E2LLM_BIND_ADDR") or None)
             self.store, self.pg = self._join(group)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import queue
 import select
 import signal
 import subprocess
@@ -155,7 +156,6 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     preload()
-    _report({"ready": os.getpid()})
     serve(parent)
 
 
@@ -165,8 +165,8 @@ class Zygote:
 
     def __init__(self):
         self.lock = threading.Lock()         # one fork request at a time
-        self.cond = threading.Condition()
-        self.pids: list[int] = []            # answers to fork requests, in order
+        self.cond = threading.Condition()    # guards codes; notified on every exit
+        self.answers: queue.Queue = queue.Queue()   # the pid of each fork, in order; None: gone
         self.codes: dict[int, int] = {}      # pid -> exit code (reported by the zygote)
         self.children: set[int] = set()
         self.gone = False
@@ -181,17 +181,18 @@ class Zygote:
                 msg = json.loads(line)
             except ValueError:
                 continue
-            with self.cond:
-                if "pid" in msg:
-                    self.pids.append(msg["pid"])
-                elif "exit" in msg:
+            if "pid" in msg:
+                self.answers.put(msg["pid"])
+            elif "exit" in msg:
+                with self.cond:
                     self.codes[msg["exit"]] = msg["code"]
-                self.cond.notify_all()
+                    self.cond.notify_all()
         with self.cond:  # the zygote is gone, and its workers with it (PR_SET_PDEATHSIG)
             self.gone = True
             for pid in self.children:
                 self.codes.setdefault(pid, -signal.SIGKILL)
             self.cond.notify_all()
+        self.answers.put(None)
 
     @property
     def alive(self) -> bool:
@@ -203,36 +204,22 @@ class Zygote:
         fork waits for its imports: ~8 s of CPU)."""
         req = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()})
         with self.lock:
-            with self.cond:
-                n = len(self.pids)
             try:
                 self.proc.stdin.write(req.encode() + b"\n")
                 self.proc.stdin.flush()
             except (ValueError, OSError) as e:
                 raise WorkerDied(f"the worker zygote (pid {self.proc.pid}) is gone ({e})") from None
-            deadline = time.monotonic() + timeout_s
+            try:
+                pid = self.answers.get(timeout=timeout_s)
+            except queue.Empty:
+                raise WorkerDied(f"the worker zygote (pid {self.proc.pid}) forked no worker "
+                                 f"within {timeout_s:g} s") from None
+            if pid is None:
+                self.answers.put(None)   # for whoever asks next
+                raise WorkerDied(f"the worker zygote (pid {self.proc.pid}) exited")
             with self.cond:
-                while len(self.pids) <= n:
-                    if self.gone or time.monotonic() > deadline:
-                        raise WorkerDied(f"the worker zygote (pid {self.proc.pid}) "
-                                         + ("exited" if self.gone else
-                                            f"forked no worker within {timeout_s:g} s"))
-                    self.cond.wait(0.2)
-                pid = self.pids[n]
                 self.children.add(pid)
         return ForkedProcess(self, pid)
-
-    def close(self) -> None:
-        """Stop the zygote (its workers are killed with it)."""
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(2.0)
 
 
 class ForkedProcess:
@@ -275,6 +262,16 @@ class ForkedProcess:
 
 _ZYGOTE: dict[int, Zygote] = {}   # driver pid -> its zygote (a forked driver starts its own)
 _ZYGOTE_LOCK = threading.Lock()
+
+
+def start_worker(argv: list[str], timeout_s: float):
+    """Start one local worker (``e2llm_lite.runtime.worker`` with ``argv``): forked from this
+    process's zygote, or with ``E2LLM_ZYGOTE=0`` a fresh interpreter whose parent is this process.
+    Returns a ``Popen``-like handle."""
+    if forking_enabled():
+        return shared_zygote().spawn(argv, timeout_s)
+    return subprocess.Popen([sys.executable, "-m", "e2llm_lite.runtime.worker", *argv,
+                             "--parent", str(os.getpid())], stdin=subprocess.DEVNULL)
 
 
 def shared_zygote() -> Zygote:
