@@ -15,7 +15,8 @@ from e2llm_lite.devices import Cluster, DeviceSpec, Link, preset
 from e2llm_lite.errors import ConfigError
 from e2llm_lite.planning import make_plan
 from e2llm_lite.planning.ga import GAConfig
-from e2llm_lite.serving.adapt import AdaptConfig, ArrivalWindow, drift, worth_adopting
+from e2llm_lite.serving.adapt import (AdaptConfig, ArrivalWindow, drift, newest_differ, welch_t,
+                                     worth_adopting)
 from e2llm_lite.serving.events import LoadReplica, Replan, RunIteration, UnloadReplica
 from e2llm_lite.serving.scheduler import Scheduler
 from e2llm_lite.serving.simulator import simulate_requests
@@ -55,6 +56,9 @@ def test_window_rate_and_means():
     st = w.stats()
     assert w.full and st.n == 3 and st.prompts == (20, 30, 40)
     assert st.rate_rps == pytest.approx(2 / 3) and st.mean_prompt == 30 and st.mean_output == 5
+    new = w.stats(2)                       # the newest two only
+    assert new.n == 2 and new.prompts == (30, 40) and new.rate_rps == pytest.approx(0.5)
+    assert AdaptConfig().newest == AdaptConfig().check_every and AdaptConfig(recent=40).newest == 40
 
 
 def test_drift_is_the_largest_relative_change():
@@ -72,7 +76,8 @@ def test_adoption_needs_the_gain_and_a_plan_that_serves():
 
 
 @pytest.mark.parametrize("bad", [dict(window=1), dict(check_every=0), dict(drift=-1),
-                                 dict(gain=float("nan")), dict(cooldown=True)])
+                                 dict(gain=float("nan")), dict(cooldown=True), dict(recent=1),
+                                 dict(window=50, recent=51)])
 def test_bad_adapt_settings_are_refused(bad):
     with pytest.raises(ConfigError):
         AdaptConfig(**bad)
@@ -184,6 +189,55 @@ def test_a_steady_workload_does_not_flap(mixed8, monkeypatch):
     assert not [r for r in res.replans if r["adopted"]]
     assert not any(isinstance(a, (LoadReplica, UnloadReplica)) for a in actions)
     assert len([a for a in actions if isinstance(a, Replan)]) <= 500 // AdaptConfig().cooldown
+
+
+def test_a_workload_re_plan_plans_for_the_newest_arrivals_after_a_shift(mixed8, monkeypatch):
+    """After a shift the window is a mixture; the Replan carries only its newest ``recent``
+    arrivals (all of the new workload here). (Without a shift -- the steady test above -- it
+    carries the whole window.)"""
+    cluster, plan, _ = mixed8
+    actions = recording(monkeypatch)
+    old = workload_from_spec("conv", 2.5, seed=3).generate(100)
+    t = old[-1].arrival_s
+    new = [Request(1000 + i, t + 0.4 * (i + 1), 3000, 8) for i in range(60)]   # long prompts, short outputs
+    cfg = AdaptConfig(window=100, check_every=20, cooldown=100)
+    simulate_requests(plan, cluster, old + new, adapt=cfg)
+    asked = [a for a in actions if isinstance(a, Replan) and a.reason == "workload"]
+    assert asked, "the shift asked for no re-plan"
+    w = asked[0].window
+    assert w.n == cfg.newest == 20 and set(w.prompts) == {3000} and set(w.outputs) == {8}
+    assert asked[0].rate_rps == pytest.approx(2.5)
+
+
+def test_the_newest_arrivals_differ_only_beyond_chance():
+    rng = np.random.default_rng(0)
+    steady = [(0.4 * i, int(p), int(o)) for i, (p, o) in
+              enumerate(zip(rng.lognormal(7, 1, 100), rng.lognormal(5, 1, 100)))]
+    assert welch_t([1, 2, 3], [1, 2, 3]) == 0 and welch_t([1], [2, 3]) == 0
+    assert welch_t([1.0, 1.0], [2.0, 2.0]) == math.inf
+    assert not newest_differ(steady, 25, 4.0)
+    shifted = steady[:75] + [(t, p, o * 20) for t, p, o in steady[75:]]     # outputs 20x longer
+    assert newest_differ(shifted, 25, 4.0)
+    faster = steady[:75] + [(steady[74][0] + 0.04 * (i + 1), p, o) for i, (_, p, o) in enumerate(steady[75:])]
+    assert newest_differ(faster, 25, 4.0)                                    # the rate went up 10x
+    assert not newest_differ(steady[:3], 25, 4.0)
+
+
+def test_a_switched_plan_is_rolled_in_at_its_time(mixed8):
+    """SwitchPlan (the oracle's tool): the other plan is loaded from that moment, one replica at a
+    time, and serves; nothing is lost; a plan on a device that is down is refused."""
+    cluster, plan, reqs = mixed8
+    other = make_plan(cluster, "e2llm", workload_from_spec("code", 2.5, seed=1), 2.5, config=QUICK)
+    res = simulate_requests(plan, cluster, reqs, switch=[(30.0, other)])
+    assert all(r.done for r in res.records.values())
+    assert res.marks[0][:3] == (30.0, "plan", "switched")
+    assert not res.replans                               # no planner asked
+    served_new = {r.prefill_replica for r in res.records.values() if r.arrival_s > 60} | \
+                 {r.decode_replica for r in res.records.values() if r.arrival_s > 60}
+    assert any(name.startswith("g1-") for name in served_new)
+    with pytest.raises(ConfigError, match="not up"):
+        simulate_requests(plan, cluster, reqs, fail=[(other.used_devices[0], 10.0)],
+                          replan=False, switch=[(30.0, other)])
 
 
 def test_simulate_cli_marks_the_failure_and_the_re_plan(tmp_path, capsys, mixed8):

@@ -8,9 +8,14 @@ only the mix changes. :func:`adaptation` serves it three ways, in the simulator:
 
 * **fixed**: the E2LLM plan for the first phase's workload, all along;
 * **adaptive**: the same starting plan with ``adapt`` on (re-plans, rolled in while serving);
-* **oracle**: each phase served on its own (from an empty system, arrival times shifted to
-  start at 0) by the E2LLM plan made for that phase's workload at that rate — what a planner that
-  knew the phases in advance, and switched for free, would get.
+* **oracle**: the same stream, one run, with the plan made for each phase's workload at that rate
+  rolled in at the moment the phase starts (:class:`~e2llm_lite.serving.events.SwitchPlan`: the
+  same rolling change an adopted re-plan makes) — what a planner that knew the phases in advance
+  would get: no detection delay and no planning error about the new workload, but the same
+  backlog carried over and the same reloading;
+* **oracle from empty** (a lower bound, not reachable by any schedule of this stream): each phase
+  served on its own by its plan, from an empty system (arrival times shifted to start at 0): no
+  backlog carried over, no reloading.
 
 Mean waiting time (s) per phase (requests by arrival) for each; re-plans counted per phase.
 """
@@ -63,7 +68,8 @@ def _phase_means(records, bounds) -> list[float | None]:
 def adaptation(cluster, phases, rate: float, *, seed: int = 0, adapt: AdaptConfig | None = None,
                config: GAConfig | None = None, costmodel=None) -> dict:
     """Fixed vs adaptive vs oracle on a phased stream (module docstring). Returns
-    ``{"phases", "rate_rps", "waiting": {"fixed"|"adaptive"|"oracle": [per-phase mean s]},
+    ``{"phases", "rate_rps", "waiting": {"fixed"|"adaptive"|"oracle"|"oracle_from_empty":
+    [per-phase mean s]},
     "replans": [...], "replans_per_phase": [...], "adopted_per_phase": [...], "plans": {...},
     "done": {...}}``."""
     cfg = config or COMPARE_GA
@@ -81,11 +87,14 @@ def adaptation(cluster, phases, rate: float, *, seed: int = 0, adapt: AdaptConfi
     fixed = simulate_requests(first, cluster, reqs, costmodel=costmodel)
     adaptive = simulate_requests(first, cluster, reqs, costmodel=costmodel,
                                  adapt=adapt or AdaptConfig(), seed=seed)
-    oracle = []
+    switches = [(t0, plans[name]) for (name, _), t0, (prev, _) in zip(phases[1:], starts[1:], phases)
+                if name != prev]
+    oracle = simulate_requests(first, cluster, reqs, costmodel=costmodel, switch=switches)
+    empty = []
     for (name, _), (lo, hi), t0 in zip(phases, bounds, starts):
         part = [replace(r, id=r.id - lo, arrival_s=r.arrival_s - t0) for r in reqs[lo:hi]]
         res = simulate_requests(plans[name], cluster, part, costmodel=costmodel)
-        oracle.append(_phase_means(res.records.values(), [(0, hi - lo)])[0])
+        empty.append(_phase_means(res.records.values(), [(0, hi - lo)])[0])
     ends = starts[1:] + [float("inf")]
     per_phase = [sum(1 for r in adaptive.replans if a <= r["asked_s"] < b) for a, b in zip(starts, ends)]
     adopted = [sum(1 for r in adaptive.replans if r.get("adopted") and a <= r["asked_s"] < b)
@@ -96,11 +105,13 @@ def adaptation(cluster, phases, rate: float, *, seed: int = 0, adapt: AdaptConfi
         "rate_rps": rate,
         "waiting": {"fixed": _phase_means(fixed.records.values(), bounds),
                     "adaptive": _phase_means(adaptive.records.values(), bounds),
-                    "oracle": oracle},
+                    "oracle": _phase_means(oracle.records.values(), bounds),
+                    "oracle_from_empty": empty},
         "replans": adaptive.replans, "replans_per_phase": per_phase, "adopted_per_phase": adopted,
         "marks": adaptive.marks,
         "plans": {name: {"roles": roles[name], "summary": p.summary()} for name, p in plans.items()},
         "done": {"fixed": sum(r.done for r in fixed.records.values()),
-                 "adaptive": sum(r.done for r in adaptive.records.values()), "in": len(reqs)},
-        "results": {"fixed": fixed, "adaptive": adaptive},
+                 "adaptive": sum(r.done for r in adaptive.records.values()),
+                 "oracle": sum(r.done for r in oracle.records.values()), "in": len(reqs)},
+        "results": {"fixed": fixed, "adaptive": adaptive, "oracle": oracle},
     }

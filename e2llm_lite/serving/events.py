@@ -17,6 +17,8 @@ Events (backend -> scheduler):
 * :class:`PlanReady` — the plan a :class:`Replan` asked for (or why there is none), with the
   planner's predicted waiting for it and for the current plan under the same workload.
 * :class:`ReplicaLoaded` — a replica a :class:`LoadReplica` asked for has its layers loaded.
+* :class:`SwitchPlan` — roll in this plan now, without asking the planner (an operator's
+  decision, or the oracle of :mod:`e2llm_lite.compare.adaptation` that knows when a phase starts).
 
 Actions (scheduler -> backend):
 
@@ -43,7 +45,7 @@ from ..traces import Request
 
 __all__ = ["Action", "Arrival", "DeviceFailed", "DeviceJoined", "Event", "FreeKV", "HandoffDone",
            "IterationDone", "LoadReplica", "MoveKV", "PlanReady", "Reject", "Replan", "ReplicaLoaded",
-           "Request", "RunIteration", "UnloadReplica", "WindowStats"]
+           "Request", "RunIteration", "SwitchPlan", "UnloadReplica", "WindowStats"]
 
 
 # ---- events ----------------------------------------------------------------------------------
@@ -105,7 +107,16 @@ class ReplicaLoaded:
     replica: str
 
 
-Event = Arrival | IterationDone | HandoffDone | DeviceFailed | DeviceJoined | PlanReady | ReplicaLoaded
+@dataclass(frozen=True)
+class SwitchPlan:
+    """Roll ``plan`` in now (a rolling change, as for an adopted re-plan) without a planner."""
+
+    time_s: float
+    plan: object
+
+
+Event = (Arrival | IterationDone | HandoffDone | DeviceFailed | DeviceJoined | PlanReady
+         | ReplicaLoaded | SwitchPlan)
 
 
 # ---- actions ---------------------------------------------------------------------------------

@@ -108,10 +108,10 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from ..memory import MIB, MemoryLedger
 from ..model import ANATOMY
-from .adapt import AdaptConfig, ArrivalWindow, drift, worth_adopting
+from .adapt import AdaptConfig, ArrivalWindow, drift, newest_differ, worth_adopting
 from .events import (Arrival, DeviceFailed, DeviceJoined, FreeKV, HandoffDone, IterationDone,
                      LoadReplica, MoveKV, PlanReady, Reject, Replan, ReplicaLoaded, RunIteration,
-                     UnloadReplica)
+                     SwitchPlan, UnloadReplica)
 
 __all__ = ["MAX_BATCH_TOKENS", "POLICIES", "PROMPT_MAX_PENDING_TOKENS", "ReplicaState",
            "RequestRecord", "Scheduler"]
@@ -275,6 +275,7 @@ class Scheduler:
         self.arrivals = 0
         self.cooldown_until = 0
         self.replanning: int | None = None   # the Replan waiting for its PlanReady
+        self.asked_for = None                # the WindowStats the last Replan planned for
         self.again = ""                      # a reason to re-plan once the outstanding one answers
         self.rollout: deque = deque()        # replica plans of the new plan still to load
         self.retire: set = set()             # replicas of the old plan still to take off
@@ -563,27 +564,34 @@ class Scheduler:
         if (cfg is None or not self.window.full or self.arrivals % cfg.check_every
                 or self.arrivals < self.cooldown_until or self._changing()):
             return
-        if drift(self.window.stats(), *self.planned) > cfg.drift:
+        shifted = newest_differ(self.window.items, cfg.newest, cfg.shift_t)
+        if shifted or drift(self.window.stats(), *self.planned) > cfg.drift:
             self.cooldown_until = self.arrivals + cfg.cooldown
-            self._ask_replan("workload", out)
+            self._ask_replan("workload", out, self.window.stats(cfg.newest) if shifted else None)
 
     def _changing(self) -> bool:
         """A re-plan or a rolling change is under way."""
         return bool(self.replanning is not None or self.loading is not None or self.rollout
                     or self.retire)
 
-    def _ask_replan(self, reason: str, out: list) -> None:
+    def _ask_replan(self, reason: str, out: list, window=None) -> None:
+        """Ask the planner for a plan for the devices up and ``window`` (default: the whole
+        window once it is full, else the plan's own workload)."""
         if not self.replan:
             return
         if self.replanning is not None:
             self.again = self.again or reason   # asked again once the outstanding one answers
             return
-        window = self.window.stats() if self.window.full else None
+        shifted = window is not None
+        if window is None and self.window.full:
+            window = self.window.stats()
+        self.asked_for = window
         rate = window.rate_rps if window is not None and math.isfinite(window.rate_rps) \
             else self.plan.rate
         self.replanning = len(self.replans) + 1
         self.replans.append({"id": self.replanning, "reason": reason, "asked_s": self._now,
-                             "devices": sorted(self.up), "rate_rps": rate})
+                             "devices": sorted(self.up), "rate_rps": rate,
+                             "arrivals": window.n if window is not None else 0, "shifted": shifted})
         self.marks.append((self._now, "replan", reason))
         out.append(Replan(self.replanning, reason, tuple(sorted(self.up)), self.plan, window, rate))
 
@@ -600,8 +608,8 @@ class Scheduler:
             log["why"] = "superseded: the devices changed while it planned"
             self._ask_replan(reason, out)
             return
-        if log["reason"] == "workload" and self.window.full:
-            w = self.window.stats()
+        if log["reason"] == "workload" and self.asked_for is not None:
+            w = self.asked_for
             self.planned = (w.rate_rps, w.mean_prompt, w.mean_output)
         broken = any(r.failed for r in self.replicas.values()) or not any(
             r.accepting for r in self.replicas.values())
@@ -629,6 +637,20 @@ class Scheduler:
             self._start_rollout(ev.plan)
         else:
             self._unpark(out)
+
+    def _switch_plan(self, ev: SwitchPlan, out: list) -> None:
+        """Roll ``ev.plan`` in (checked against the cluster and the devices up) in place of the
+        current plan; a rolling change under way gives way to it."""
+        ev.plan.validate(self.cluster)
+        down = sorted(set(ev.plan.used_devices) - self.up)
+        if down:
+            raise ConfigError(f"cannot switch to a plan on device(s) that are not up: {', '.join(down)}")
+        if self.rollout or self.retire:
+            self._abort_rollout()
+        self.plan = ev.plan
+        self.planned = (ev.plan.rate, ev.plan.workload.mean_prompt, ev.plan.workload.mean_output)
+        self.marks.append((ev.time_s, "plan", "switched"))
+        self._start_rollout(ev.plan)
 
     def _stop(self, why: str, out: list) -> None:
         """Nothing can serve any more: every unfinished request is rejected with ``why``."""
@@ -1078,4 +1100,4 @@ class Scheduler:
 #: Each event type and the Scheduler method that takes it.
 _HANDLERS = {Arrival: "_arrival", IterationDone: "_iteration_done", HandoffDone: "_handoff_done",
              DeviceFailed: "_device_failed", DeviceJoined: "_device_joined",
-             PlanReady: "_plan_ready", ReplicaLoaded: "_replica_loaded"}
+             PlanReady: "_plan_ready", ReplicaLoaded: "_replica_loaded", SwitchPlan: "_switch_plan"}

@@ -20,7 +20,8 @@ The simulator holds no scheduling logic: it hands each event to the
   :class:`UnloadReplica`: forgotten.
 * Scripted faults: ``fail=[(device, t)]`` feeds :class:`DeviceFailed` at ``t`` (the replica's
   iterations in flight are lost with it: their completions are ignored), ``join=[(device, t)]``
-  :class:`DeviceJoined` (that device is absent from the start until then).
+  :class:`DeviceJoined` (that device is absent from the start until then); ``switch=[(t, plan)]``
+  :class:`SwitchPlan` (roll that plan in at ``t``, no planner asked).
 
 Memory is checked at every step: the simulator counts the KV each replica holds (every stage of a
 replica holds the same requests' tokens: one count per replica), adds each step's new KV, each
@@ -43,7 +44,7 @@ from .adapt import AdaptConfig
 from .durations import Durations
 from .events import (Arrival, DeviceFailed, DeviceJoined, FreeKV, HandoffDone, IterationDone,
                      LoadReplica, MoveKV, PlanReady, Reject, Replan, ReplicaLoaded, RunIteration,
-                     UnloadReplica)
+                     SwitchPlan, UnloadReplica)
 from .metrics import summarize
 from .scheduler import Scheduler
 
@@ -226,9 +227,11 @@ class _Sim:
             self.result.iterations.append((it.replica, started, end, len(it.prefill), len(it.decode)))
         self.push(end, IterationDone(end, it.replica, it.iteration, started))
 
-    def run(self, requests, progress: bool, fail=(), join=()) -> SimResult:
+    def run(self, requests, progress: bool, fail=(), join=(), switch=()) -> SimResult:
         for r in requests:
             self.push(r.arrival_s, Arrival(r.arrival_s, r))
+        for t, plan in switch:
+            self.push(t, SwitchPlan(t, plan))
         for dev, t in fail:
             self.push(t, DeviceFailed(t, dev))
         for dev, t in join:
@@ -265,7 +268,7 @@ def simulate_requests(plan, cluster, requests, *, costmodel=None, policy: str | 
                       decode_microbatches: int = 1, timeline: bool = False,
                       progress: bool = False, fail=(), join=(), replan: bool | None = None,
                       adapt: AdaptConfig | None = None, replanner=None,
-                      replan_delay_s: float = REPLAN_DELAY_S, seed: int = 0) -> SimResult:
+                      replan_delay_s: float = REPLAN_DELAY_S, switch=(), seed: int = 0) -> SimResult:
     """Serve ``requests`` (a list of :class:`~e2llm_lite.traces.Request`) with ``plan`` on
     ``cluster`` in virtual time. Every request ends finished or rejected with a reason; one left
     neither when the events run out is rejected as "unfinished" (a scheduler that stalled).
@@ -274,7 +277,8 @@ def simulate_requests(plan, cluster, requests, *, costmodel=None, policy: str | 
     is absent until then). ``replan`` (default: on when there are faults, joins or ``adapt``):
     re-plan on the devices up after a failure or join; ``adapt``: also when the workload drifts
     (:mod:`~e2llm_lite.serving.adapt`). ``replanner(cluster, devices, plan, rate_rps=, prompts=,
-    outputs=)``: default :func:`~e2llm_lite.planning.replan.replan` with ``seed``."""
+    outputs=)``: default :func:`~e2llm_lite.planning.replan.replan` with ``seed``. ``switch``:
+    ``[(time s, plan), ...]``: roll each plan in at its time (:class:`~.events.SwitchPlan`)."""
     requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     fail, join = script_events(fail, cluster, "fail"), script_events(join, cluster, "join")
     if not (isinstance(replan_delay_s, (int, float)) and 0 <= replan_delay_s < float("inf")):
@@ -290,7 +294,10 @@ def simulate_requests(plan, cluster, requests, *, costmodel=None, policy: str | 
         def replanner(cl, devices, pl, **k):
             return default_replan(cl, devices, pl, seed=seed, costmodel=costmodel, **k)
     sim = _Sim(sched, durations, cluster, timeline, replanner, replan_delay_s)
-    result = sim.run(requests, progress, fail, join)
+    switch = sorted(switch or (), key=lambda x: x[0])
+    if not all(0 <= t < float("inf") for t, _ in switch):
+        raise ConfigError("switch times must be finite numbers of seconds >= 0")
+    result = sim.run(requests, progress, fail, join, switch)
     result.durations = durations
     for rec in result.records.values():
         if not rec.done and not rec.rejected:
