@@ -26,12 +26,25 @@ def test_host_factor_interpolates_in_log_size_and_holds_outside_its_points():
     assert f.at(0, 45.254834) == pytest.approx(1.25)              # sqrt(16 * 128): halfway in log
     assert f.at(1, 8) == 1.0                                      # phases are apart
     f.add(0, 16, 2.0)                                             # a re-calibration replaces
-    assert f.points[0] == [(16.0, 2.0), (128.0, 1.0)]
-    for bad in [(2, 16, 1.0), (0, 0, 1.0), (0, 16, 0.0), (0, 16, float("nan"))]:
+    assert f.points[0] == {0.0: [(16.0, 2.0), (128.0, 1.0)]}
+    for bad in [(2, 16, 1.0), (0, 0, 1.0), (0, 16, 0.0), (0, 16, float("nan")), (1, 4, 1.0, -1)]:
         with pytest.raises(ValueError, match="bad calibration point"):
             f.add(*bad)
 
 
+def test_a_decode_factor_follows_the_context_too():
+    f = HostFactor()
+    for b, f8, f256 in ((1, 1.0, 0.8), (16, 1.6, 1.2)):
+        f.add(1, b, f8, context=8)
+        f.add(1, b, f256, context=256)
+    assert f.at(1, 1, 8) == 1.0 and f.at(1, 16, 256) == 1.2
+    assert f.at(1, 4, 8) == pytest.approx(1.3) and f.at(1, 4, 256) == pytest.approx(1.0)   # halfway in log B
+    assert f.at(1, 16, 8 * 32 ** 0.5) == pytest.approx(1.4)                                # halfway in log context
+    assert f.at(1, 16, 2) == 1.6 and f.at(1, 16, 5000) == 1.2                               # nearest context outside
+    assert f.at(1, 4) == pytest.approx(1.3)            # no context given: the smallest probed one
+
+
+@pytest.mark.quiet
 def test_throttle_stretches_a_step_to_dilation_times_cpu_over_speed():
     th = Throttle(dilation=2.0)
     th.run(lambda: busy(5), speed=0.5)

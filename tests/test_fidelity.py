@@ -53,3 +53,6 @@ def test_step_errors_against_the_cost_model(runs):
     st = step_errors(rows, {dev.name: (0, 30)}, cluster, cm)
     assert st[0]["error"] == pytest.approx(0.5) and st[1]["error"] == pytest.approx(0.0, abs=1e-9)
     assert median_error_by_size(st, "prefill") == {16: pytest.approx(0.5)}
+    at300 = cm.stage_ms(dev, 0, 30, "decode", batch=4, context=300)   # a row that records its context
+    st = step_errors([dict(rows[1], context=300.0, end_ms=10.0 + at300)], {dev.name: (0, 30)}, cluster, cm)
+    assert st[0]["model_ms"] == pytest.approx(at300) and st[0]["error"] == pytest.approx(0.0, abs=1e-9)

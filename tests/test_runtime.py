@@ -100,18 +100,20 @@ def test_calibration_measures_this_host_and_scales_each_phase_by_it(mixed, haiku
             mixed.calibrate(repeats=0)
         with pytest.raises(ValueError, match="ints >= 1"):
             mixed.calibrate(tokens=())
-        cal = mixed.calibrate(tokens=(8, 32), batches=(1, 3), repeats=2, prefill_idle_ms=0, decode_idle_ms=0)
+        cal = mixed.calibrate(tokens=(8, 32), batches=(1, 3), contexts=(8, 64), repeats=2,
+                              prefill_idle_ms=0, decode_idle_ms=0)
         cm = CostModel.load()
         assert set(cal) == set(names[:2])
         for n, (a, b) in zip(names[:2], [(0, 12), (12, 30)]):
             pre, dec = cal[n]["prefill"]["points"], cal[n]["decode"]["points"]
-            assert [p["tokens"] for p in pre] == [8, 32] and [p["batch"] for p in dec] == [1, 3]
+            assert [p["tokens"] for p in pre] == [8, 32]
+            assert [(p["context"], p["batch"]) for p in dec] == [(8, 1), (8, 3), (64, 1), (64, 3)]
             for p in pre:
                 assert p["predicted_ms"] == pytest.approx(
                     cm.host_stage_ms(a, b, "prefill", tokens=p["tokens"]))
-            for p in dec:  # decode probes run at the shortest probe prompt's context
+            for p in dec:  # decode probes run at each calibration context
                 assert p["predicted_ms"] == pytest.approx(
-                    cm.host_stage_ms(a, b, "decode", batch=p["batch"], context=8))
+                    cm.host_stage_ms(a, b, "decode", batch=p["batch"], context=p["context"]))
             for p in pre + dec:  # a real measurement of this host, within any plausible range
                 assert p["host_ms"] > 0 and p["factor"] == pytest.approx(p["host_ms"] / p["predicted_ms"])
                 assert 0.1 < p["factor"] < 10
@@ -123,10 +125,15 @@ def test_calibration_measures_this_host_and_scales_each_phase_by_it(mixed, haiku
             speed = dev.prefill_speed if r["phase"] == "prefill" else dev.decode_speed
             factor = HostFactor()
             for p in cal[r["device"]][r["phase"]]["points"]:
-                factor.add(int(r["phase"] == "decode"), p.get("tokens", p.get("batch")), p["factor"])
+                factor.add(int(r["phase"] == "decode"), p.get("tokens", p.get("batch")), p["factor"],
+                           p.get("context", 0))
             size = r["tokens"] if r["phase"] == "prefill" else 1
             assert r["target_ms"] == pytest.approx(
-                r["cpu_ms"] / (speed * factor.at(int(r["phase"] == "decode"), size)), rel=1e-6)
+                r["cpu_ms"] / (speed * factor.at(int(r["phase"] == "decode"), size, r["context"])),
+                rel=1e-6)
+        for n in names[:2]:   # a decode step's context: the tokens cached before it (5 tokens: 4 steps)
+            assert sorted(r["context"] for r in mixed.timeline() if r["device"] == n
+                          and r["phase"] == "decode") == [len(haiku_ids) + k for k in range(4)]
         report = mixed.report()
         assert report[names[0]]["host_factor"]["decode"] == cal[names[0]]["decode"]["factor"]
         assert report[names[2]]["host_factor"] is None

@@ -53,6 +53,8 @@ CALIBRATION_TOKENS = (8, 24, 64, 160)   # prompt lengths a calibration times (a 
                                    # cost differs from the profile's: one length is not enough)
 CALIBRATION_BATCHES = (1, 2, 3, 4, 8, 16)   # decode batch sizes it times (the reference profile
                                          # has a bump at 2-3 rows that a host may not have)
+CALIBRATION_CONTEXTS = (8, 256)   # contexts (tokens cached per sequence) of the decode probes: a
+                                  # host's attention over a long context differs from the profile's
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> None:
@@ -607,14 +609,14 @@ class EmulatedCluster:
 
     def calibrate(self, devices=None, tokens=CALIBRATION_TOKENS, batches=CALIBRATION_BATCHES,
                   repeats: int = 3, prefill_idle_ms: float = 1000.0,
-                  decode_idle_ms: float = 0.0) -> dict[str, dict]:
+                  decode_idle_ms: float = 0.0, contexts=CALIBRATION_CONTEXTS) -> dict[str, dict]:
         """Measure how fast this host runs each placed stage now, against the cost model.
 
         Each worker times its own stage ``repeats`` times on each probe -- a prompt of each
-        length in ``tokens``, a decode step of each batch size in ``batches`` at a context of
-        ``min(tokens)`` -- and divides the medians by the cost model's host predictions: a factor
+        length in ``tokens``, a decode step of each batch size in ``batches`` at each context in
+        ``contexts`` -- and divides the medians by the cost model's host predictions: a factor
         > 1 means this host is slower now than the profile. From then on the device runs at
-        ``speed * factor``, the factor interpolated between the probe sizes
+        ``speed * factor``, the factor interpolated between the probe sizes (and contexts)
         (:class:`~e2llm_lite.runtime.throttle.HostFactor`), so its device times are the
         profile's (the planner's and simulator's) up to the cost model's error between the
         probes and the host's step-to-step noise.
@@ -626,29 +628,32 @@ class EmulatedCluster:
         ``cpu * (dilation / speed - 1)`` -- and a PREFILL device also idles between prompts (at
         least ``prefill_idle_ms``; decode: ``decode_idle_ms``). All devices run each probe at
         once, their starts staggered across the gap, as they share the host's cores in a run.
-        About ``repeats * sum over probes of (gap + step)``: 15-20 s with the defaults.
+        About ``repeats * sum over probes of (gap + step)``: ~26 s with the defaults (19 s with the
+        decode probes at one context; a 3-device pipeline, dilation 2.25, 2026-12-03).
 
         Returns (and keeps in ``self.calibration``) per device and phase: ``points`` (each probe's
-        size, measured and predicted host ms, factor) and ``factor`` (their geometric mean).
+        size -- ``tokens``, or ``batch`` and ``context`` --, measured and predicted host ms,
+        factor) and ``factor`` (their geometric mean).
         """
         if self.costmodel is None:
             self.costmodel = CostModel.load()
         cm = self.costmodel
         tokens = [tokens] if isinstance(tokens, int) else list(tokens)
         batches = [batches] if isinstance(batches, int) else list(batches)
+        contexts = [contexts] if isinstance(contexts, int) else list(contexts)
         names = list(self.placements) if devices is None else [
             self.cluster.device(d).name for d in devices]
         for n in names:
             if n not in self.placements:
                 raise ValueError(f"device {n!r} holds no layers: place a pipeline before calibrating")
-        if not tokens or not batches or not all(isinstance(t, int) and t >= 1 for t in tokens + batches) \
+        if not tokens or not batches or not contexts or not all(
+                isinstance(t, int) and t >= 1 for t in tokens + batches + contexts) \
                 or repeats < 1 or not prefill_idle_ms >= 0 or not decode_idle_ms >= 0:
-            raise ValueError("calibrate needs tokens and batches (ints >= 1), repeats >= 1 and "
-                             "idle gaps >= 0")
-        context = min(tokens)
+            raise ValueError("calibrate needs tokens, batches and contexts (ints >= 1), "
+                             "repeats >= 1 and idle gaps >= 0")
         out = {n: {"prefill": {"points": []}, "decode": {"points": []}} for n in names}
 
-        def probe(phase, size):
+        def probe(phase, size, context=0):
             """Run one probe on every device at once (staggered), collect the results."""
             batch = size if phase == "decode" else 0
             kw = dict(batch=size, context=context) if batch else dict(tokens=size)
@@ -667,18 +672,19 @@ class EmulatedCluster:
             for msg in self._acks(Op.CALIBRATE, len(names), [self.rank(n) for n in names]):
                 n = self.cluster.devices[msg.src - 1].name
                 got = msg.payload.tolist()
-                out[n][phase]["points"].append({"tokens" if phase == "prefill" else "batch": size,
-                                                "host_ms": got[0], "predicted_ms": preds[n],
-                                                "factor": got[1]})
+                size_of = {"batch": size, "context": context} if batch else {"tokens": size}
+                out[n][phase]["points"].append({**size_of, "host_ms": got[0],
+                                                "predicted_ms": preds[n], "factor": got[1]})
 
         for t in tokens:
             probe("prefill", t)
-        for b in batches:
-            probe("decode", b)
+        for c in contexts:
+            for b in batches:
+                probe("decode", b, c)
         for n in names:
             dev = self.cluster.device(n)
             for phase, c in out[n].items():
-                c["points"].sort(key=lambda p: p.get("tokens", p.get("batch")))
+                c["points"].sort(key=lambda p: (p.get("context", 0), p.get("tokens", p.get("batch"))))
                 c["factor"] = math.exp(sum(math.log(p["factor"]) for p in c["points"])
                                        / len(c["points"]))
                 speed = getattr(dev, f"{phase}_speed") * max(p["factor"] for p in c["points"])
@@ -745,7 +751,8 @@ class EmulatedCluster:
         """Every timed step on every device, in device ms from the earliest step.
 
         Each row: device, request, phase, tokens, start_ms, end_ms (device time), cpu_ms (host
-        compute), target_ms (device time), overrun, link_ms (device time of the outgoing link).
+        compute), target_ms (device time), overrun, link_ms (device time of the outgoing link),
+        context (decode: the mean tokens cached per sequence before the step; prefill 0).
         """
         ranks = self.live_ranks
         for r in ranks:
@@ -765,7 +772,8 @@ class EmulatedCluster:
                         "phase": ("prefill", "decode")[int(r["phase"])], "tokens": int(r["tokens"]),
                         "start_ms": (r["start"] - t0) * 1e3 / D, "end_ms": (r["end"] - t0) * 1e3 / D,
                         "cpu_ms": r["cpu_s"] * 1e3, "target_ms": r["target_s"] * 1e3 / D,
-                        "overrun": bool(r["overrun"]), "link_ms": r["link_s"] * 1e3})
+                        "overrun": bool(r["overrun"]), "link_ms": r["link_s"] * 1e3,
+                        "context": r["context"]})
         return out
 
 

@@ -34,7 +34,7 @@ from .limits import CONNECT_TIMEOUT_S, LISTEN_TIMEOUT_S, MAX_PAYLOAD_ELEMENTS
 
 #: Columns of a worker's step trace (one row per step; times in wall s, link in device s).
 TRACE_COLS = ("request", "phase", "tokens", "start", "end", "cpu_s", "target_s", "overrun",
-              "link_s")
+              "link_s", "context")
 #: Columns of a worker's counters (``Op.STATS``; s, bytes, counts).
 STATS_COLS = ("compute_s", "sleep_s", "steps", "overruns", "bytes_sent", "bytes_received",
               "peak_bytes", "weight_bytes", "kv_bytes", "kv_bytes_real", "link_s", "dilation",

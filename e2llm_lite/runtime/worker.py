@@ -74,6 +74,7 @@ class Worker:
         self.account: MemoryLedger | None = None
         self.speeds = (1.0, 1.0)               # prefill, decode (relative to one host thread)
         self.host_factor = HostFactor()        # this host's ms / the cost model's ms (calibration)
+        self.step_context = 0.0                # the timed step's mean context (decode), for the trace
         self.next_rank = 0
         self.home_rank = 0
         self.trace: list[list[float]] = []
@@ -267,9 +268,11 @@ class Worker:
         times = []
         rids = [-2 - i for i in range(max(1, m.d))]
         try:
-            if m.d:                                   # decode: B caches of m.a tokens, untimed
-                for r in rids:
-                    self.stage(x, request_id=r)
+            if m.d:                  # decode: B caches of m.a tokens, untimed (one computed, copied)
+                self.stage(x, request_id=rids[0])
+                kv, pos = self.stage.export_kv(rids[0])
+                for r in rids[1:]:
+                    self.stage.import_kv(r, kv, pos)
                 step = self._probe_input(1).expand(len(rids), *[-1] * (x.dim() - 1)).contiguous()
             for _ in range(m.b):
                 time.sleep(m.c / 1e3)
@@ -286,7 +289,7 @@ class Worker:
                 self.stage.free(r)
         measured = float(np.median(times))
         factor = measured / predicted
-        self.host_factor.add(int(m.d > 0), m.d or m.a, factor)
+        self.host_factor.add(int(m.d > 0), m.d or m.a, factor, context=m.a if m.d else 0)
         self.post(0, Op.ACK, a=int(Op.CALIBRATE),
                   payload=torch.tensor([measured, factor], dtype=torch.float64))
 
@@ -303,9 +306,10 @@ class Worker:
         with self.lock:
             self.account.reserve(m.request, tokens)
         x = m.payload
+        context = self.step_context = self.stage.position(m.request) if m.d else 0
         try:
             out = self.throttle.run(lambda: self.stage(x, request_id=m.request),
-                                    self.speeds[m.d] * self.host_factor.at(m.d, tokens))
+                                    self.speeds[m.d] * self.host_factor.at(m.d, tokens, context))
         except BaseException:
             with self.lock:
                 self.account.release(m.request, tokens)
@@ -328,9 +332,10 @@ class Worker:
         with self.lock:
             self.account.reserve_batch(ids)
         x = m.payload
+        context = self.step_context = sum(self.stage.position(r) for r in ids) / len(ids)
         try:
             out = self.throttle.run(lambda: self.stage.forward_batch(x, ids),
-                                    self.speeds[1] * self.host_factor.at(1, len(ids)))
+                                    self.speeds[1] * self.host_factor.at(1, len(ids), context))
         except BaseException:
             with self.lock:
                 for r in ids:
@@ -361,7 +366,8 @@ class Worker:
                   b=self.driver_us(last["end"]), c=message_bytes(payload),
                   d=phase | int(last["overrun"]) << 1, e=m.e)
         self.trace.append([m.request, phase, tokens, last["start"], last["end"], last["cpu_s"],
-                           last["target_s"], float(last["overrun"]), self.link_s - link_before])
+                           last["target_s"], float(last["overrun"]), self.link_s - link_before,
+                           float(self.step_context)])
 
     def on_kv_send(self, m: Message) -> None:
         """Export layers [a, b) of the request's KV and send them to rank ``c`` over our link

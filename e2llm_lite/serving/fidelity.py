@@ -58,14 +58,15 @@ def step_errors(rows, placements: dict, cluster, costmodel, context: int = 64) -
     """Each step of an emulated run's timeline (``EmulatedCluster.timeline()`` rows) with the
     cost model's time for it: ``placements`` maps a device to its ``(start, end)`` layers; a
     prefill step of ``tokens`` tokens is timed as a prompt of that length, a decode step of
-    ``tokens`` sequences at ``context`` cached tokens. Returns rows of device, phase, size,
+    ``tokens`` sequences at the mean context the row records (tokens cached per sequence before
+    the step; ``context`` for rows without one). Returns rows of device, phase, size,
     real_ms, model_ms, error (real / model - 1)."""
     out = []
     for r in rows:
         start, end = placements[r["device"]]
         dev = cluster.device(r["device"])
         kw = (dict(tokens=r["tokens"]) if r["phase"] == "prefill"
-              else dict(batch=r["tokens"], context=context))
+              else dict(batch=r["tokens"], context=max(1, round(r.get("context") or context))))
         model = costmodel.stage_ms(dev, start, end, r["phase"], **kw)
         real = r["end_ms"] - r["start_ms"]
         out.append({"device": r["device"], "phase": r["phase"], "size": r["tokens"],
