@@ -229,7 +229,7 @@ def test_a_switched_plan_is_rolled_in_at_its_time(mixed8):
     cluster, plan, reqs = mixed8
     other = make_plan(cluster, "e2llm", workload_from_spec("code", 2.5, seed=1), 2.5, config=QUICK)
     res = simulate_requests(plan, cluster, reqs, switch=[(30.0, other)])
-    assert all(r.done for r in res.records.values())
+    assert all(r.done for r in res.records.values())    # none rejected while the change rolls in
     assert res.marks[0][:3] == (30.0, "plan", "switched")
     assert not res.replans                               # no planner asked
     served_new = {r.prefill_replica for r in res.records.values() if r.arrival_s > 60} | \

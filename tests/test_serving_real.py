@@ -107,12 +107,14 @@ def test_serve_cli_prints_json_with_the_simulation_beside(tmp_path, capsys):
     plan.save(tmp_path / "p.json")
     assert cli.main(["serve", "--plan", str(tmp_path / "p.json"), "--cluster", str(tmp_path / "c.json"),
                      "--requests", "3", "--rate", "2", "--prompt-scale", "0.03", "--dilation", "1",
-                     "--no-calibrate", "--with-sim", "--json", "--requests-out", str(tmp_path / "r.csv")]) == 0
+                     "--no-calibrate", "--with-sim", "--json", "--requests-out", str(tmp_path / "r.csv"),
+                     "--plot", str(tmp_path / "w.png")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["requests_in"] == out["requests_done"] == 3 and out["sim"]["requests_done"] == 3
     assert out["calibrated"] is False
     assert set(out["summary"]) == set(out["sim"]["summary"])        # the same schema
     assert (tmp_path / "r.csv").read_text().count("\n") == 4
+    assert (tmp_path / "w.png").stat().st_size > 10_000                # the waiting-over-time plot
     assert cli.main(["serve", "--plan", str(tmp_path / "p.json"), "--cluster",
                      str(tmp_path / "c.json"), "--prompt-scale", "2"]) != 0
 
@@ -187,3 +189,82 @@ def test_a_device_that_joins_is_loaded_into_the_next_plan(tokenizer):
     final = [devs for name, devs in result.replica_devices.items() if name.startswith("g")]
     assert any(late in devs for devs in final) and not any(gone in devs for devs in final)
     assert any(kind == "loaded" for _, kind, _ in result.marks)
+
+
+def test_losing_the_last_device_that_holds_a_layer_stops_the_real_service(tokenizer, folder):
+    """Real runtime: the only device that can hold the model is SIGKILLed mid-serve; the
+    re-plan finds that the device left cannot hold it, and the service stops with that one
+    reason: the requests served before keep their tokens, every unfinished one is rejected
+    with the reason (none dropped), and no worker process is left."""
+    from e2llm_lite.devices import Cluster, DeviceSpec, Link
+
+    cluster = Cluster(name="lonely", lan={"s": Link(1000.0, 0.1)}, devices=[
+        DeviceSpec(name="big", kind="host", prefill_speed=1.0, decode_speed=1.0, memory_mib=2048, site="s"),
+        DeviceSpec(name="small", kind="host", prefill_speed=1.0, decode_speed=1.0, memory_mib=128, site="s")])
+    plan = make_plan(cluster.subset(["big"]), "colocated", "conv", 1.0)
+    requests = [Request(i, 0.6 * i, 10 + i, 3) for i in range(6)]
+    prompts = {r.id: prompt_ids(tokenizer, r.prompt_tokens, r.id) for r in requests}
+    with EmulatedCluster(cluster, dilation=1.0, timeout_s=60) as rt:
+        pipes = rt.load_plan(plan)
+        result = serve_requests(rt, pipes, plan, cluster, requests, prompts, fail=[("big", 1.0)])
+        procs = list(rt.procs)
+    recs = result.records
+    done = [r for r in recs.values() if r.done]
+    stopped = [r for r in recs.values() if r.rejected]
+    assert len(recs) == len(requests) == len(done) + len(stopped)        # count in == count out
+    assert done and stopped
+    assert {r.rejected for r in stopped} == {stopped[0].rejected}        # one reason for all
+    assert "the service stopped" in stopped[0].rejected and "cannot hold the model" in stopped[0].rejected
+    assert [d["device"] for d in result.deaths] == ["big"]
+    assert result.replans[0]["error"] and not result.replans[0]["adopted"]
+    assert any(kind == "stopped" for _, kind, _ in result.marks)
+    local = load_stages([(0, 30)], folder)
+    for r in done:
+        local[0].free()
+        assert result.tokens[r.id] == greedy_decode(stages_forward(local), prompts[r.id],
+                                                    r.output_tokens).tokens
+    assert all(p.poll() is not None for p in procs)
+
+
+def test_serve_adapt_re_plans_for_a_shift_and_rolls_the_plan_in_for_real(tokenizer, folder):
+    """Real runtime with ``adapt`` (a tiny window, so that a few requests make a shift): long
+    prompts with short answers, then short prompts with long answers. The scheduler asks for a
+    workload re-plan; the planner here answers with the other plan of this cluster (a rolling
+    change is what is tested, not the GA), it is loaded replica by replica on the running
+    workers, and every request finishes with the single-process tokens."""
+    from e2llm_lite.planning.replan import Replanned
+    from e2llm_lite.serving.adapt import AdaptConfig
+
+    cluster = default_cluster(4)
+    quick = GAConfig(population=12, generations=6, patience=3)
+    start = make_plan(cluster, "e2llm", "conv", 0.5, roles=("prefill", "decoder"), config=quick)
+    other = make_plan(cluster, "colocated", "conv", 0.5)
+    asked = []
+
+    def replanner(cl, devices, pl, **k):
+        asked.append(k)
+        return Replanned(other, predicted_s=0.01, current_s=1.0, how="test")
+
+    requests = [Request(i, 0.3 * i, 40, 2) for i in range(4)] + \
+               [Request(4 + i, 1.2 + 0.3 * i, 8, 6) for i in range(4)]
+    prompts = {r.id: prompt_ids(tokenizer, r.prompt_tokens, r.id) for r in requests}
+    cfg = AdaptConfig(window=4, check_every=2, cooldown=8, recent=2)
+    with EmulatedCluster(cluster, dilation=1.0, timeout_s=60) as rt:
+        pipes = rt.load_plan(start)
+        result = serve_requests(rt, pipes, start, cluster, requests, prompts, adapt=cfg,
+                                replanner=replanner)
+        procs = list(rt.procs)
+    assert all(rec.done and not rec.rejected for rec in result.records.values())
+    rp = result.replans[0]
+    assert rp["reason"] == "workload" and rp["adopted"] and asked[0]["prompts"]
+    assert any(kind == "loaded" for _, kind, _ in result.marks)
+    loaded = [n for n in result.replica_devices if n.startswith("g1-")]
+    assert loaded
+    assert any(result.records[r.id].prefill_replica in loaded or result.records[r.id].decode_replica in loaded
+               for r in requests)                                            # the new plan served
+    local = load_stages([(0, 30)], folder)
+    for r in requests:
+        local[0].free()
+        assert result.tokens[r.id] == greedy_decode(stages_forward(local), prompts[r.id],
+                                                    r.output_tokens).tokens, r.id
+    assert all(p.poll() is not None for p in procs)

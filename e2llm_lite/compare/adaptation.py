@@ -13,7 +13,8 @@ only the mix changes. :func:`adaptation` serves it three ways, in the simulator:
   same rolling change an adopted re-plan makes) — what a planner that knew the phases in advance
   would get: no detection delay and no planning error about the new workload, but the same
   backlog carried over and the same reloading;
-* **oracle from empty** (a lower bound, not reachable by any schedule of this stream): each phase
+* **oracle from empty** (a reference; not a strict bound, since an oracle's old replicas still
+  serve while its new ones load): each phase
   served on its own by its plan, from an empty system (arrival times shifted to start at 0): no
   backlog carried over, no reloading.
 
@@ -71,7 +72,7 @@ def adaptation(cluster, phases, rate: float, *, seed: int = 0, adapt: AdaptConfi
     ``{"phases", "rate_rps", "waiting": {"fixed"|"adaptive"|"oracle"|"oracle_from_empty":
     [per-phase mean s]},
     "replans": [...], "replans_per_phase": [...], "adopted_per_phase": [...], "plans": {...},
-    "done": {...}}``."""
+    "done": {...}, "results": {who: SimResult}, "plan_objects": {profile: Plan}}``."""
     cfg = config or COMPARE_GA
     reqs, starts = phased_requests(phases, rate, seed)
     ids, bounds = 0, []
@@ -114,4 +115,5 @@ def adaptation(cluster, phases, rate: float, *, seed: int = 0, adapt: AdaptConfi
                  "adaptive": sum(r.done for r in adaptive.records.values()),
                  "oracle": sum(r.done for r in oracle.records.values()), "in": len(reqs)},
         "results": {"fixed": fixed, "adaptive": adaptive, "oracle": oracle},
+        "plan_objects": plans,
     }

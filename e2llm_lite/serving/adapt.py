@@ -5,14 +5,17 @@ times (s), prompt and output lengths (tokens) — in an :class:`ArrivalWindow`. 
 ``check_every`` arrivals, once the window is full, it compares the window with what the current
 plan was made for (the plan's rate and mean prompt / output):
 
-1. **Shift** (:func:`newest_differ`): the window's newest ``recent`` arrivals differ from its
-   older ones beyond chance (Welch's t on the log of the prompt lengths, the output lengths or
-   the gaps between arrivals above ``AdaptConfig.shift_t``): the workload has changed. The
+1. **Shift** (:func:`newest_differ`): the window's newest ``recent`` arrivals differ from the
+   older ones since the current plan's basis began (the arrivals it was made for; all of the
+   window for the starting plan) beyond chance (Welch's t on the log of the prompt lengths, the
+   output lengths or the gaps between arrivals above ``AdaptConfig.shift_t``): the workload has
+   changed. The
    scheduler asks for a re-plan (:class:`~.events.Replan`, reason ``"workload"``) for those
    newest arrivals only: a window straddling a shift is a mixture of the old and the new
    workload, and a plan made for the mixture serves neither (measured: made when 25 of 100
    arrivals were conv, such a plan predicted 0.006 s of waiting and its requests waited 22 s).
-2. **Drift** (:func:`drift`): else, the largest relative change of the whole window's mean
+2. **Drift** (:func:`drift`): else, once the cooldown is over, the largest relative change of
+   the whole window's mean
    prompt, mean output or rate, ``|observed / planned - 1|``, against what the plan was made for.
    Above ``AdaptConfig.drift`` the scheduler asks for a re-plan for the whole window (a slow
    drift, not a shift: no few arrivals stand for it). At or below it nothing happens.
@@ -23,8 +26,14 @@ plan was made for (the plan's rate and mean prompt / output):
    predicted waiting exceeds the new one's by more than ``AdaptConfig.gain`` (relative). Either
    way the planned-for figures become those the re-plan was asked for (a rejected plan means the
    current one is good enough for this workload), so the same drift does not ask again.
-4. **Cooldown**: after a workload re-plan, no other for ``cooldown`` arrivals (by default a whole
-   window: by then the window holds only arrivals of the workload the plan was made for).
+4. **Cooldown**: after a workload re-plan, no drift re-plan for ``cooldown`` arrivals (by default
+   a whole window: by then the window holds only arrivals of the workload the plan was made
+   for). A shift may still be told apart meanwhile: comparing only arrivals since the plan's
+   basis began, the arrivals of the old workload do not count as a shift again, and a drift
+   re-plan asked just as a shift began (planned for a window of mostly the old workload) does
+   not keep the plan for the new one waiting for a whole cooldown (measured on a short phased
+   stream: 120 code then 120 conv requests on ``edge16``, such a re-plan 4 arrivals into the conv
+   phase held the next one back for 100 arrivals).
 
 The shift threshold, drift, gain and cooldown together are the hysteresis: in a steady phase
 the newest arrivals do not differ from the older ones beyond chance (``|t| > 4`` happens about

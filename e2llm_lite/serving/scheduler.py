@@ -276,6 +276,8 @@ class Scheduler:
         self.cooldown_until = 0
         self.replanning: int | None = None   # the Replan waiting for its PlanReady
         self.asked_for = None                # the WindowStats the last Replan planned for
+        self.basis_start = 0                 # arrival count where the current plan's basis began
+        self.asked_basis = 0                 # ... and where the outstanding workload Replan's began
         self.again = ""                      # a reason to re-plan once the outstanding one answers
         self.rollout: deque = deque()        # replica plans of the new plan still to load
         self.retire: set = set()             # replicas of the old plan still to take off
@@ -388,9 +390,9 @@ class Scheduler:
             return
         why = self._never_fits(rec)
         if why:
-            if self.replan and (self.replanning is not None or self.loading is not None
-                                or self.rollout or self.again):
-                self.parked.append(rec.id)   # a plan is on its way
+            if self.loading is not None or self.rollout or (
+                    self.replan and (self.replanning is not None or self.again)):
+                self.parked.append(rec.id)   # a plan is on its way (or being rolled in)
             else:
                 self._reject(rec, why, out)
             return
@@ -559,30 +561,36 @@ class Scheduler:
         self._ask_replan("join", out)
 
     def _check_workload(self, out: list) -> None:
-        """``adapt``: ask for a re-plan when the window drifted from the planned figures."""
+        """``adapt``: ask for a re-plan when the newest arrivals shifted away from those the
+        current plan was made for, or (after the cooldown) the window drifted from its figures."""
         cfg = self.adapt
         if (cfg is None or not self.window.full or self.arrivals % cfg.check_every
-                or self.arrivals < self.cooldown_until or self._changing()):
+                or self._changing()):
             return
-        shifted = newest_differ(self.window.items, cfg.newest, cfg.shift_t)
-        if shifted or drift(self.window.stats(), *self.planned) > cfg.drift:
+        since = self.arrivals - self.basis_start      # arrivals since the plan's basis began
+        items = list(self.window.items)
+        shifted = newest_differ(items[-since:] if since < len(items) else items, cfg.newest, cfg.shift_t)
+        if shifted or (self.arrivals >= self.cooldown_until
+                       and drift(self.window.stats(), *self.planned) > cfg.drift):
             self.cooldown_until = self.arrivals + cfg.cooldown
-            self._ask_replan("workload", out, self.window.stats(cfg.newest) if shifted else None)
+            window = self.window.stats(cfg.newest) if shifted else self.window.stats()
+            self.asked_basis = self.arrivals - window.n
+            self._ask_replan("workload", out, window, shifted)
 
     def _changing(self) -> bool:
         """A re-plan or a rolling change is under way."""
         return bool(self.replanning is not None or self.loading is not None or self.rollout
                     or self.retire)
 
-    def _ask_replan(self, reason: str, out: list, window=None) -> None:
+    def _ask_replan(self, reason: str, out: list, window=None, shifted: bool = False) -> None:
         """Ask the planner for a plan for the devices up and ``window`` (default: the whole
-        window once it is full, else the plan's own workload)."""
+        window once it is full, else the plan's own workload; ``shifted``: it holds the newest
+        arrivals after a shift)."""
         if not self.replan:
             return
         if self.replanning is not None:
             self.again = self.again or reason   # asked again once the outstanding one answers
             return
-        shifted = window is not None
         if window is None and self.window.full:
             window = self.window.stats()
         self.asked_for = window
@@ -611,6 +619,7 @@ class Scheduler:
         if log["reason"] == "workload" and self.asked_for is not None:
             w = self.asked_for
             self.planned = (w.rate_rps, w.mean_prompt, w.mean_output)
+            self.basis_start = self.asked_basis
         broken = any(r.failed for r in self.replicas.values()) or not any(
             r.accepting for r in self.replicas.values())
         if ev.plan is None:
