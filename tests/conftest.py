@@ -6,6 +6,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import pytest
+import browser_beside
+
+# the browser check runs beside the rest of the suite (tests/browser_beside.py)
+pytest_collection_modifyitems = browser_beside.pytest_collection_modifyitems
+pytest_sessionfinish = browser_beside.pytest_sessionfinish
 
 
 @pytest.fixture(scope="session")

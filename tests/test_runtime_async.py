@@ -82,6 +82,7 @@ def test_completions_carry_each_devices_interval_and_the_bytes(haiku_ids):
         assert c.overruns >= 0 and c.token == pipe.forward(haiku_ids, 2, logits=False)
 
 
+@pytest.mark.quiet
 def test_a_slow_link_overlaps_compute_and_shares_its_bandwidth(haiku_ids):
     """Two prompts into a 2-stage pipeline over a slow link: the first stage computes the second
     prompt while the first one's hidden state is still on the wire, and the second waits for the
@@ -183,6 +184,7 @@ def test_a_kv_handoff_is_stored_while_its_destination_computes(haiku_ids):
         assert got[kv].end_s < got[busy].devices["dev2"][1]
 
 
+@pytest.mark.quiet
 def test_pipelined_prefills_do_not_overrun_with_the_dilation_for_every_device(haiku_ids):
     """The trap: three prefills pipelined through three devices at the dilation picked for one
     worker computing at a time overran 7 of 9 steps. ``concurrency='all'`` picks the dilation
