@@ -235,6 +235,9 @@ def test_a_switched_plan_is_rolled_in_at_its_time(mixed8):
     served_new = {r.prefill_replica for r in res.records.values() if r.arrival_s > 60} | \
                  {r.decode_replica for r in res.records.values() if r.arrival_s > 60}
     assert any(name.startswith("g1-") for name in served_new)
+    for bad in ([(float("nan"), other)], [("soon", other)], [30.0]):
+        with pytest.raises(ConfigError, match="switch"):
+            simulate_requests(plan, cluster, reqs, switch=bad)
     with pytest.raises(ConfigError, match="not up"):
         simulate_requests(plan, cluster, reqs, fail=[(other.used_devices[0], 10.0)],
                           replan=False, switch=[(30.0, other)])

@@ -5,20 +5,20 @@ times (s), prompt and output lengths (tokens) — in an :class:`ArrivalWindow`. 
 ``check_every`` arrivals, once the window is full, it compares the window with what the current
 plan was made for (the plan's rate and mean prompt / output):
 
-1. **Shift** (:func:`newest_differ`): the window's newest ``recent`` arrivals differ from the
-   older ones since the current plan's basis began (the arrivals it was made for; all of the
-   window for the starting plan) beyond chance (Welch's t on the log of the prompt lengths, the
-   output lengths or the gaps between arrivals above ``AdaptConfig.shift_t``): the workload has
-   changed. The
-   scheduler asks for a re-plan (:class:`~.events.Replan`, reason ``"workload"``) for those
-   newest arrivals only: a window straddling a shift is a mixture of the old and the new
-   workload, and a plan made for the mixture serves neither (measured: made when 25 of 100
-   arrivals were conv, such a plan predicted 0.006 s of waiting and its requests waited 22 s).
+1. **Shift** (:func:`newest_differ`): the window's newest ``recent`` arrivals differ beyond
+   chance from the older ones since the current plan's basis began (the arrivals it was made
+   for; all of the window for the starting plan): Welch's t on the log of the prompt lengths,
+   the output lengths or the gaps between arrivals above ``AdaptConfig.shift_t``. The workload
+   has changed: the scheduler asks for a re-plan (:class:`~.events.Replan`, reason
+   ``"workload"``) for those newest arrivals only. A window straddling a shift is a mixture of
+   the old and the new workload, and a plan made for the mixture serves neither (measured: made
+   when 25 of 100 arrivals were conv, such a plan predicted 0.006 s of waiting and its requests
+   waited 22 s).
 2. **Drift** (:func:`drift`): else, once the cooldown is over, the largest relative change of
-   the whole window's mean
-   prompt, mean output or rate, ``|observed / planned - 1|``, against what the plan was made for.
-   Above ``AdaptConfig.drift`` the scheduler asks for a re-plan for the whole window (a slow
-   drift, not a shift: no few arrivals stand for it). At or below it nothing happens.
+   the whole window's mean prompt, mean output or rate, ``|observed / planned - 1|``, against
+   what the plan was made for. Above ``AdaptConfig.drift`` the scheduler asks for a re-plan for
+   the whole window (a slow drift, not a shift: no few arrivals stand for it). At or below it
+   nothing happens.
 
    The backend's planner answers with its best plan and the **predicted mean waiting** of that
    plan and of the current plan under the same arrivals (:class:`~.events.PlanReady`).
@@ -60,7 +60,7 @@ class AdaptConfig:
     """``window``: arrivals in the sliding window; ``check_every``: arrivals between checks;
     ``drift``: relative change of mean prompt, mean output or rate that asks for a re-plan;
     ``gain``: relative predicted-waiting improvement a new plan needs to be adopted;
-    ``cooldown``: arrivals after a workload re-plan before the next may be asked;
+    ``cooldown``: arrivals after a workload re-plan before a drift re-plan may be asked;
     ``recent``: the newest arrivals a workload re-plan plans for after a shift (default
     ``check_every``); ``shift_t``: the Welch t above which they count as shifted."""
 

@@ -294,7 +294,10 @@ def simulate_requests(plan, cluster, requests, *, costmodel=None, policy: str | 
         def replanner(cl, devices, pl, **k):
             return default_replan(cl, devices, pl, seed=seed, costmodel=costmodel, **k)
     sim = _Sim(sched, durations, cluster, timeline, replanner, replan_delay_s)
-    switch = sorted(switch or (), key=lambda x: x[0])
+    try:
+        switch = sorted(((float(t), p) for t, p in switch or ()), key=lambda x: x[0])
+    except (TypeError, ValueError):
+        raise ConfigError(f"switch takes [(time s, plan), ...], got {switch!r}") from None
     if not all(0 <= t < float("inf") for t, _ in switch):
         raise ConfigError("switch times must be finite numbers of seconds >= 0")
     result = sim.run(requests, progress, fail, join, switch)
