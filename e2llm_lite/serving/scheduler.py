@@ -277,7 +277,6 @@ class Scheduler:
         self.replanning: int | None = None   # the Replan waiting for its PlanReady
         self.asked_for = None                # the WindowStats the last Replan planned for
         self.basis_start = 0                 # arrival count where the current plan's basis began
-        self.asked_basis = 0                 # ... and where the outstanding workload Replan's began
         self.again = ""                      # a reason to re-plan once the outstanding one answers
         self.rollout: deque = deque()        # replica plans of the new plan still to load
         self.retire: set = set()             # replicas of the old plan still to take off
@@ -574,7 +573,6 @@ class Scheduler:
                        and drift(self.window.stats(), *self.planned) > cfg.drift):
             self.cooldown_until = self.arrivals + cfg.cooldown
             window = self.window.stats(cfg.newest) if shifted else self.window.stats()
-            self.asked_basis = self.arrivals - window.n
             self._ask_replan("workload", out, window, shifted)
 
     def _changing(self) -> bool:
@@ -599,7 +597,8 @@ class Scheduler:
         self.replanning = len(self.replans) + 1
         self.replans.append({"id": self.replanning, "reason": reason, "asked_s": self._now,
                              "devices": sorted(self.up), "rate_rps": rate,
-                             "arrivals": window.n if window is not None else 0, "shifted": shifted})
+                             "arrivals": window.n if window is not None else 0, "shifted": shifted,
+                             "basis_start": self.arrivals - (window.n if window is not None else 0)})
         self.marks.append((self._now, "replan", reason))
         out.append(Replan(self.replanning, reason, tuple(sorted(self.up)), self.plan, window, rate))
 
@@ -619,7 +618,7 @@ class Scheduler:
         if log["reason"] == "workload" and self.asked_for is not None:
             w = self.asked_for
             self.planned = (w.rate_rps, w.mean_prompt, w.mean_output)
-            self.basis_start = self.asked_basis
+            self.basis_start = log["basis_start"]
         broken = any(r.failed for r in self.replicas.values()) or not any(
             r.accepting for r in self.replicas.values())
         if ev.plan is None:
