@@ -128,18 +128,6 @@ def _pending(page) -> int:
     return sum(p in ("[ ]:", "[*]:", "") for p in _prompts(page))
 
 
-def _stalled(page, since: list) -> bool:
-    """Run All stopped short (a cell raised: the queued cells went back to ``[ ]:``): no cell
-    running or queued, some never run, for 10 s in a row (``since``: when that was first seen)."""
-    prompts = _prompts(page)
-    if "[*]:" in prompts or not any(p in ("[ ]:", "") for p in prompts):
-        since.clear()
-        return False
-    if not since:
-        since.append(time.monotonic())
-    return time.monotonic() - since[0] > 10
-
-
 def _menu(page, menu: str, item: str) -> None:
     """Click ``menu`` in JupyterLab's menu bar, then its entry ``item``."""
     page.locator(".lm-MenuBar-itemLabel", has_text=menu).first.click()
@@ -190,11 +178,8 @@ def test_notebook_runs_in_jupyterlab_and_its_widget_responds(lab, browser, noteb
         _menu(page, "Edit", "Clear Outputs of All Cells")      # the committed outputs and counts go
         _wait(lambda: _pending(page) == len(_prompts(page)), 30, "the outputs to be cleared")
         _menu(page, "Run", "Run All Cells")
-        stall: list = []
         try:
-            _wait(lambda: _pending(page) == 0 or _stalled(page, stall), RUN_TIMEOUT_S,
-                  "every code cell to run")
-            assert _pending(page) == 0, "a cell raised: Run All stopped before every code cell ran"
+            _wait(lambda: _pending(page) == 0, RUN_TIMEOUT_S, "every code cell to run")
         except AssertionError as e:
             page.screenshot(path=str(lab["root"] / f"{notebook}.png"))
             raise AssertionError(f"{e}; prompts {_prompts(page)}; screenshot {lab['root']}/{notebook}.png") from None
