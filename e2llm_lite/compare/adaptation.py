@@ -14,9 +14,8 @@ only the mix changes. :func:`adaptation` serves it three ways, in the simulator:
   would get: no detection delay and no planning error about the new workload, but the same
   backlog carried over and the same reloading;
 * **oracle from empty** (a reference; not a strict bound, since an oracle's old replicas still
-  serve while its new ones load): each phase
-  served on its own by its plan, from an empty system (arrival times shifted to start at 0): no
-  backlog carried over, no reloading.
+  serve while its new ones load): each phase served on its own by its plan, from an empty system
+  (arrival times shifted to start at 0): no backlog carried over, no reloading.
 
 Mean waiting time (s) per phase (requests by arrival) for each; re-plans counted per phase.
 """

@@ -271,7 +271,7 @@ class Scheduler:
         self.plan = plan
         self.up: set = set(cluster.names) - set(absent)   # devices that are up
         self.window = ArrivalWindow(adapt.window if adapt else 100)
-        self.planned = (plan.rate, plan.workload.mean_prompt, plan.workload.mean_output)
+        self.planned = _planned_for(plan)
         self.arrivals = 0
         self.cooldown_until = 0
         self.replanning: int | None = None   # the Replan waiting for its PlanReady
@@ -656,7 +656,7 @@ class Scheduler:
         if self.rollout or self.retire:
             self._abort_rollout()
         self.plan = ev.plan
-        self.planned = (ev.plan.rate, ev.plan.workload.mean_prompt, ev.plan.workload.mean_output)
+        self.planned = _planned_for(ev.plan)
         self.marks.append((ev.time_s, "plan", "switched"))
         self._start_rollout(ev.plan)
 
@@ -1103,6 +1103,11 @@ class Scheduler:
             return
         if not (rep.prompts or rep.decoding or rep.in_flight or rep.promised):
             rep.pool = "prompt" if rep.role == "prefill" else "token"
+
+
+def _planned_for(plan) -> tuple:
+    """What ``plan`` was made for: (rate requests/s, mean prompt, mean output tokens)."""
+    return plan.rate, plan.workload.mean_prompt, plan.workload.mean_output
 
 
 #: Each event type and the Scheduler method that takes it.
