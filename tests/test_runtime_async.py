@@ -244,3 +244,45 @@ def test_an_idle_group_is_not_a_broken_one(tmp_path):
     msg = box.get(timeout_s=10)
     assert (msg.op, msg.request, msg.payload.tolist()) == (Op.STOP, 7, [0, 1, 2])
     assert receiver.error is None
+
+
+def test_payloads_on_both_sides_of_the_inline_limit_arrive_whole(tmp_path):
+    """A payload of at most INLINE_PAYLOAD_BYTES travels in its header's gloo message, a larger
+    one in a second message: both arrive with their dtype, shape and values, in order, and the
+    byte count is the same either way."""
+    import threading
+
+    from e2llm_lite.runtime.protocol import INLINE_PAYLOAD_BYTES, Op, Receiver, make_group, send
+
+    store_file, groups = str(tmp_path / "store"), {}
+
+    def join(rank):
+        groups[rank] = make_group(rank, 2, 10.0, store_file=store_file, connect_timeout_s=20)
+
+    threads = [threading.Thread(target=join, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    box = Postbox()
+    receiver = Receiver(groups[1][1], box, world=2)
+    n = INLINE_PAYLOAD_BYTES // 4
+    payloads = [torch.arange(n, dtype=torch.float32),              # exactly at the limit: inline
+                torch.arange(n + 1, dtype=torch.float32),          # one element over: two messages
+                torch.zeros(0, 5, dtype=torch.float64),            # empty
+                torch.arange(6, dtype=torch.int64).reshape(1, 2, 3),
+                None,
+                torch.tensor([200, 7], dtype=torch.uint8)]
+    sent = [send(groups[0][1], 1, Op.ACK, 0, request=i, a=-i, payload=p) for i, p in enumerate(payloads)]
+    for i, p in enumerate(payloads):
+        msg = box.get(timeout_s=10)
+        assert (msg.op, msg.src, msg.request, msg.a) == (Op.ACK, 0, i, -i)
+        if p is None:
+            assert msg.payload is None
+        else:
+            assert msg.payload.dtype == p.dtype and msg.payload.shape == p.shape
+            assert torch.equal(msg.payload, p)
+        assert sent[i] == message_bytes(p)
+    assert receiver.error is None
+    send(groups[0][1], 1, Op.STOP, 0)
+    assert box.get(timeout_s=10).op == Op.STOP

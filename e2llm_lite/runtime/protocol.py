@@ -2,7 +2,11 @@
 
 Every message is a fixed-layout int64 **header** of ``HEADER_LEN`` numbers, optionally followed
 by one **payload** tensor whose dtype and shape the header states. Nothing is pickled: a worker
-only ever receives plain numbers and arrays, so it is safe to listen on a network.
+only ever receives plain numbers and arrays, so it is safe to listen on a network. A payload of
+at most ``INLINE_PAYLOAD_BYTES`` (a decode step's hidden state, a token, an ACK) travels in the
+same gloo message as its header (one send, as bytes; the receiver posts a buffer big enough for
+any such message); a larger one follows its header as a second message. Both sides tell the two
+apart from the header alone (its dtype and shape give the payload's size).
 
 Header fields (int64): ``op, src, request, a, b, c, d, e, t, dtype, ndim, shape[0..6]``. The
 meaning of ``a..d`` depends on the op (see the ``Op`` docs); ``e`` is the id of the asynchronous
@@ -43,6 +47,12 @@ STATS_COLS = ("compute_s", "sleep_s", "steps", "overruns", "bytes_sent", "bytes_
 HEADER_LEN = 18
 MAX_DIMS = 7
 TAG = 0
+#: The largest payload that travels in one gloo message with its header (bytes). Two messages
+#: cost a second hand-shake and, on the receiving side, a second trip through Python: on this
+#: host a 2.3 KB hidden state went round two processes in 0.90 ms as header + payload and in
+#: 0.47 ms as one message (receiver threads on both sides).
+INLINE_PAYLOAD_BYTES = 64 * 1024
+_INLINE_BUFFER = HEADER_LEN * 8 + INLINE_PAYLOAD_BYTES
 
 _DTYPES = {0: None, 1: torch.int64, 2: torch.float32, 3: torch.uint8, 4: torch.float64}
 _CODES = {v: k for k, v in _DTYPES.items() if v is not None}
@@ -158,23 +168,28 @@ def message_bytes(payload) -> int:
 def send(pg, dst: int, op: Op, src: int, request: int = 0, a: int = 0, b: int = 0, c: int = 0,
          d: int = 0, e: int = 0, t: int = 0, payload=None, timeout_s: float | None = None) -> int:
     """Send one message; returns the bytes put on the wire (header + payload). ``timeout_s``
-    bounds the wait for the send to complete (default: the group's timeout)."""
+    bounds the wait for the send to complete (default: the group's timeout). A payload of at
+    most ``INLINE_PAYLOAD_BYTES`` goes in the same gloo message as the header."""
     wait = () if timeout_s is None else (datetime.timedelta(seconds=timeout_s),)
     header = torch.zeros(HEADER_LEN, dtype=torch.int64)
     header[:9] = torch.tensor([int(op), src, request, a, b, c, d, e, t])
     tensor = as_payload(payload)
-    if tensor is not None:
-        if tensor.dim() > MAX_DIMS:
-            raise ValueError(f"payload has {tensor.dim()} dims, at most {MAX_DIMS} travel")
-        header[9] = _CODES[tensor.dtype]
-        header[10] = tensor.dim()
-        header[11:11 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
-    pg.send([header], dst, TAG).wait(*wait)
-    nbytes = header.numel() * 8
-    if tensor is not None:
+    if tensor is None:
+        pg.send([header], dst, TAG).wait(*wait)
+        return HEADER_LEN * 8
+    if tensor.dim() > MAX_DIMS:
+        raise ValueError(f"payload has {tensor.dim()} dims, at most {MAX_DIMS} travel")
+    header[9] = _CODES[tensor.dtype]
+    header[10] = tensor.dim()
+    header[11:11 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+    size = tensor.numel() * tensor.element_size()
+    if size <= INLINE_PAYLOAD_BYTES:
+        one = torch.cat([header.view(torch.uint8), tensor.reshape(-1).view(torch.uint8)])
+        pg.send([one], dst, TAG).wait(*wait)
+    else:
+        pg.send([header], dst, TAG).wait(*wait)
         pg.send([tensor], dst, TAG).wait(*wait)
-        nbytes += tensor.numel() * tensor.element_size()
-    return nbytes
+    return HEADER_LEN * 8 + size
 
 
 def text_payload(text: str) -> torch.Tensor:
@@ -214,20 +229,26 @@ def check_header(h: list[int], world: int | None = None) -> tuple[Op, torch.dtyp
     return op, dtype, shape
 
 
-def recv(pg, world: int | None = None) -> Message:
+def recv(pg, world: int | None = None, buffer: torch.Tensor | None = None) -> Message:
     """Block until the next message from any rank arrives (header, then its payload). The header
-    may be waited for up to :data:`LISTEN_TIMEOUT_S` (an idle group is not a broken one); its
-    payload, once announced, within the group's timeout. A header that fails
+    may be waited for up to :data:`LISTEN_TIMEOUT_S` (an idle group is not a broken one); a
+    payload too big to come with it, within the group's timeout. A header that fails
     :func:`check_header` raises :class:`BadMessage` (``world``: the group's size, default
-    ``pg.size()``)."""
-    header = torch.zeros(HEADER_LEN, dtype=torch.int64)
-    pg.recv_anysource([header], TAG).wait(datetime.timedelta(seconds=LISTEN_TIMEOUT_S))
-    h = header.tolist()
+    ``pg.size()``). ``buffer``: a uint8 tensor of at least ``HEADER_LEN * 8 +
+    INLINE_PAYLOAD_BYTES`` bytes to receive into (a caller that receives in a loop keeps one)."""
+    if buffer is None:
+        buffer = torch.empty(_INLINE_BUFFER, dtype=torch.uint8)
+    pg.recv_anysource([buffer], TAG).wait(datetime.timedelta(seconds=LISTEN_TIMEOUT_S))
+    h = buffer[:HEADER_LEN * 8].view(torch.int64).tolist()
     op, dtype, shape = check_header(h, pg.size() if world is None else world)
     payload = None
     if dtype is not None:
         payload = torch.empty(shape, dtype=dtype)
-        pg.recv([payload], h[1], TAG).wait()
+        size = payload.numel() * payload.element_size()
+        if size <= INLINE_PAYLOAD_BYTES:
+            payload.reshape(-1).view(torch.uint8).copy_(buffer[HEADER_LEN * 8:HEADER_LEN * 8 + size])
+        else:
+            pg.recv([payload], h[1], TAG).wait()
     return Message(op, *h[1:9], payload=payload)
 
 
@@ -355,9 +376,10 @@ class Receiver:
         self.thread.start()
 
     def _run(self) -> None:
+        buffer = torch.empty(_INLINE_BUFFER, dtype=torch.uint8)
         try:
             while True:
-                msg = recv(self.pg, self.world)
+                msg = recv(self.pg, self.world, buffer)
                 self.postbox.put(msg, self.local_time(msg.t) if msg.t else 0.0)
                 if msg.op == Op.STOP:
                     self.stops -= 1
