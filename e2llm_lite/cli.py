@@ -211,10 +211,11 @@ def cmd_worker(args) -> dict:
     rank = _env_int("RANK", low=1, high=world - 1)   # rank 0 is the driver
     addr, port = _master()
     if not args.json:
-        print(f"e2llm-lite worker {rank}: joining the driver at {addr}:{port} (up to "
-              f"{args.connect_timeout:g} s)", file=sys.stderr)
+        print(f"e2llm-lite worker {rank}: " + (f"waiting for the driver at {addr}:{port} to let this "
+              "device join" if args.join else f"joining the driver at {addr}:{port}") +
+              f" (up to {args.connect_timeout:g} s)", file=sys.stderr)
     run_worker(rank, world, addr, port, bind=os.environ.get("E2LLM_BIND_ADDR") or None,
-               connect_timeout_s=args.connect_timeout)
+               connect_timeout_s=args.connect_timeout, peers="ask" if args.join else None)
     return {}
 
 
@@ -523,7 +524,7 @@ def cmd_serve(args) -> dict:
                   adapt=AdaptConfig() if args.adapt else None, seed=args.seed)
     t0 = time.perf_counter()
     with EmulatedCluster(cluster, dilation=args.dilation, calibrate=args.calibrate, costmodel=cm,
-                         concurrency="all") as rt:
+                         concurrency="all", absent=[d for d, _ in faults["join"]]) as rt:
         pipes = rt.load_plan(plan)
         rt.free(reset_stats=True)
         result = serve_requests(rt, pipes, plan, cluster, requests, prompts, costmodel=cm,
@@ -842,6 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="start one device worker of a multi-host run "
                        "(env: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)")
     connect_timeout(w)
+    w.add_argument("--join", action="store_true",
+                   help="a device absent at the start: join the running cluster when the driver "
+                        "lets it in (EmulatedCluster.join; serve --join DEVICE@S)")
     w.set_defaults(func=cmd_worker, json=False)
 
     pr = common(sub.add_parser("profile", help="measure per-layer times on this host and fit the "

@@ -119,6 +119,27 @@ def test_serve_cli_prints_json_with_the_simulation_beside(tmp_path, capsys):
                      str(tmp_path / "c.json"), "--prompt-scale", "2"]) != 0
 
 
+@pytest.mark.filterwarnings("ignore:after calibration")
+def test_serve_cli_join_starts_the_device_worker_at_its_time(tmp_path, capsys):
+    """`serve --join DEVICE@S`: the device has no worker until S; then one starts, joins, and
+    the re-plan it triggers is in the JSON beside the join mark; every request is served."""
+    import json
+
+    from e2llm_lite import cli
+
+    cluster = default_cluster(3)
+    plan = make_plan(cluster.subset(cluster.names[:2]), "colocated", "conv", 0.5)
+    cluster.save(tmp_path / "c.json")
+    plan.save(tmp_path / "p.json")
+    assert cli.main(["serve", "--plan", str(tmp_path / "p.json"), "--cluster", str(tmp_path / "c.json"),
+                     "--requests", "4", "--rate", "2", "--prompt-scale", "0.03", "--dilation", "1",
+                     "--no-calibrate", "--json", "--join", f"{cluster.names[2]}@0.3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["requests_in"] == out["requests_done"] == 4
+    assert [m["detail"] for m in out["marks"] if m["kind"] == "join"] == [cluster.names[2]]
+    assert any(r["reason"] == "join" for r in out["replans"])
+
+
 def test_a_worker_killed_mid_serve_is_survived_with_the_same_tokens(tokenizer, folder):
     """replan on: a decoder's worker SIGKILLed while it decodes -> the runtime reports it, the
     scheduler re-queues its requests (a decoding one re-prefills its prompt + the tokens it had
@@ -167,21 +188,25 @@ def test_a_worker_killed_mid_serve_is_survived_with_the_same_tokens(tokenizer, f
     assert all(p.poll() is not None for p in procs)
 
 
-def test_a_device_that_joins_is_loaded_into_the_next_plan(tokenizer):
-    """A device absent from the start (its worker runs, holding no layers) joins mid-serve, and
-    another one's worker dies before the first request arrives (nothing in flight: the death is
-    still found): the re-plans take both into account, the new replicas are loaded, and every
-    request finishes."""
+def test_a_device_that_joins_is_loaded_into_the_next_plan(tokenizer, folder):
+    """A device absent from the start (no worker) joins mid-serve: a new worker process starts
+    and pairs up with the live ones; another one's worker dies before the first request arrives
+    (nothing in flight: the death is still found): the re-plans take both into account, the new
+    replicas are loaded (on the new process too), and every request finishes."""
     cluster = default_cluster(4)
     late, gone = cluster.names[3], cluster.names[0]
     plan = make_plan(cluster.subset(cluster.names[:3]), "e2llm", "conv", 0.5,
                      config=GAConfig(population=12, generations=6, patience=3))
     requests = [Request(i, 0.3 + 0.1 * i, 12 + 2 * i, 4) for i in range(8)]
     prompts = {r.id: prompt_ids(tokenizer, r.prompt_tokens, r.id) for r in requests}
-    with EmulatedCluster(cluster, dilation=1.0, timeout_s=60) as rt:
+    with EmulatedCluster(cluster, dilation=1.0, timeout_s=60, absent=[late]) as rt:
+        assert len(rt.procs) == 3
         pipes = rt.load_plan(plan)
         result = serve_requests(rt, pipes, plan, cluster, requests, prompts,
                                 fail=[(gone, 0.0)], join=[(late, 0.6)])
+        assert len(rt.procs) == 4 and late not in rt.absent
+        procs = list(rt.procs)
+    assert all(p.poll() is not None for p in procs)
     assert all(rec.done and not rec.rejected for rec in result.records.values())
     assert [d["device"] for d in result.deaths] == [gone]
     reasons = [r["reason"] for r in result.replans if r.get("adopted")]
@@ -189,6 +214,11 @@ def test_a_device_that_joins_is_loaded_into_the_next_plan(tokenizer):
     final = [devs for name, devs in result.replica_devices.items() if name.startswith("g")]
     assert any(late in devs for devs in final) and not any(gone in devs for devs in final)
     assert any(kind == "loaded" for _, kind, _ in result.marks)
+    local = load_stages([(0, 30)], folder)
+    for r in requests:
+        local[0].free()
+        assert result.tokens[r.id] == greedy_decode(stages_forward(local), prompts[r.id],
+                                                    r.output_tokens).tokens, r.id
 
 
 def test_losing_the_last_device_that_holds_a_layer_stops_the_real_service(tokenizer, folder):

@@ -44,7 +44,7 @@ from .dispatch import Dispatcher
 from .limits import CONNECT_TIMEOUT_S, INTERRUPTED, MAX_DILATION
 from .ops import Completion, Operations
 from .pipeline import Pipeline, StagePlacement
-from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Op, Outbox, Postbox, Receiver,
+from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Mesh, Op, Outbox, Postbox, Receiver,
                        make_group, text_payload)
 from .throttle import auto_dilation
 from .zygote import start_worker
@@ -88,6 +88,8 @@ class EmulatedCluster:
         concurrency makes steps overrun (counted per device in :meth:`stats`).
     timeout_s: the longest the driver waits for any single reply.
     connect_timeout_s: the longest the workers may take to start and join (s).
+    absent: devices of ``cluster`` that are not up at the start (no worker): each can
+        :meth:`join` later, as a new worker process that pairs up with every live one.
     calibrate: if True, every stage is calibrated right after it is loaded (a whole plan at once) (:meth:`calibrate`):
         its device then runs at the speed the cost model ``costmodel`` (default: the shipped
         reference profile) predicts, whatever this host's speed today. If False (the default) a
@@ -97,8 +99,11 @@ class EmulatedCluster:
     def __init__(self, cluster: Cluster, dilation: float | None = None, concurrency: int | str = 1,
                  host_cores: int = 2, timeout_s: float = 120.0, addr: str = "127.0.0.1",
                  port: int | None = None, spawn: bool = True, calibrate: bool = False,
-                 costmodel=None, connect_timeout_s: float = CONNECT_TIMEOUT_S):
+                 costmodel=None, connect_timeout_s: float = CONNECT_TIMEOUT_S, absent=()):
         self.cluster = cluster
+        self.absent = {cluster.device(d).name for d in absent}   # unknown names: a clear error
+        if len(self.absent) >= len(cluster):
+            raise ValueError("at least one device of the cluster must be up at the start")
         self.auto_calibrate = bool(calibrate)
         self.costmodel = costmodel
         self.calibration: dict[str, dict] = {}
@@ -120,8 +125,12 @@ class EmulatedCluster:
         # spawned workers meet through a file: only a multi-host run needs the store's port
         self.addr, self.spawn = addr, spawn
         self.port = None if spawn else (port or free_port())
-        self.world = len(cluster) + 1
-        self.procs: list = []
+        self.world = len(cluster) + 1             # every device's rank, up or not
+        self.members = [0] + [i + 1 for i, d in enumerate(cluster.devices) if d.name not in self.absent]
+        self.procs: list = []                     # the spawned workers, in the order started
+        self._proc_of: dict[int, object] = {}     # rank -> its spawned worker
+        self.mesh = Mesh()
+        self.receivers: list[Receiver] = []       # one per pair with a device that joined
         self.pg = self.store = self.receiver = None
         self.dispatch = Dispatcher()
         self.outbox: Outbox | None = None         # one sender thread per worker (after start)
@@ -150,45 +159,122 @@ class EmulatedCluster:
             if self.spawn:  # a fresh interpreter per device: works from scripts, notebooks and tests
                 self._tmp = tempfile.mkdtemp(prefix="e2llm-")
                 group = dict(store_file=os.path.join(self._tmp, "store"), bind="127.0.0.1")
-                for r in range(1, self.world):
+                for r in self.members[1:]:
                     argv = ["--rank", str(r), "--world", str(self.world), "--store-file",
                             group["store_file"], "--connect-timeout", f"{self.connect_timeout_s:g}",
-                            "--local"]
+                            "--local", "--members", ",".join(map(str, self.members))]
                     self.procs.append(start_worker(argv, self.connect_timeout_s))
+                    self._proc_of[r] = self.procs[-1]
             else:
                 group = dict(addr=self.addr, port=self.port, bind=os.environ.get("E2LLM_BIND_ADDR") or None)
             self.store, self.pg = self._join(group)
             self.store.set("e2llm/driver", "1")
-            self.outbox = Outbox(self.pg, 0)
+            self.mesh.add(self.pg, self.members)
+            self.outbox = Outbox(self.mesh, 0)
             self.t0 = time.monotonic()
-            self.receiver = Receiver(self.pg, self.postbox)
+            self.receiver = Receiver(self.pg, self.postbox, world=self.world, members=self.members)
             threading.Thread(target=self._postman, name="e2llm-postman", daemon=True).start()
-            for dev in self.cluster.devices:
-                r = self.rank(dev.name)
-                self._send(r, Op.SETUP, a=int(round(self.dilation * 1e6)), b=int(time.monotonic() * 1e6),
-                           c=int(self.spawn), payload=text_payload(dev.name))
-                links = np.zeros((self.world, 2))
-                for other in self.cluster.devices:
-                    link = self.cluster.link(dev.name, other.name)
-                    bw = link.bandwidth_mbps if np.isfinite(link.bandwidth_mbps) else 0.0
-                    links[self.rank(other.name)] = (bw, link.latency_ms)
-                self._send(r, Op.LINKS, payload=torch.from_numpy(links))
-            self._acks(Op.SETUP, len(self.cluster))
-            self._acks(Op.LINKS, len(self.cluster))
+            self._set_up(self.members[1:])
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _set_up(self, ranks: list[int]) -> None:
+        """Tell the workers of ``ranks`` their device, the clock and their links; wait for them."""
+        for r in ranks:
+            dev = self.cluster.devices[r - 1]
+            self._send(r, Op.SETUP, a=int(round(self.dilation * 1e6)), b=int(time.monotonic() * 1e6),
+                       c=int(self.spawn), payload=text_payload(dev.name))
+            links = np.zeros((self.world, 2))
+            for other in self.cluster.devices:
+                link = self.cluster.link(dev.name, other.name)
+                bw = link.bandwidth_mbps if np.isfinite(link.bandwidth_mbps) else 0.0
+                links[self.rank(other.name)] = (bw, link.latency_ms)
+            self._send(r, Op.LINKS, payload=torch.from_numpy(links))
+        self._acks(Op.SETUP, len(ranks), ranks)
+        self._acks(Op.LINKS, len(ranks), ranks)
+
+    def join(self, device: str) -> None:
+        """Bring up ``device``, absent until now, while the cluster runs: a new worker process
+        (spawned here; with ``spawn=False`` started elsewhere with ``e2llm-lite worker --join``)
+        pairs up with the driver and with every live worker, each in a gloo group of two (a
+        group's members are fixed when it forms), and is set up like the others. Operations in
+        flight go on meanwhile. It holds no layers yet (load a pipeline on it). Bounded by
+        ``connect_timeout_s``; raises :class:`WorkerDied` if it does not come up."""
+        name = self.cluster.device(device).name
+        if self.pg is None or self._stopped:
+            raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
+        if name not in self.absent:
+            raise ValueError(f"device {name!r} is up already: only an absent device can join")
+        r = self.rank(name)
+        self._scan_dead()
+        peers = [0] + [p for p in self.live_ranks]
+        pair_dir = tempfile.mkdtemp(prefix="pairs-", dir=self._tmp) if self.spawn else None
+        if self.spawn:
+            argv = ["--rank", str(r), "--world", str(self.world), "--pair-dir", pair_dir,
+                    "--peers", ",".join(map(str, peers)), "--connect-timeout",
+                    f"{self.connect_timeout_s:g}", "--local"]
+            self.procs.append(start_worker(argv, self.connect_timeout_s))
+            self._proc_of[r] = self.procs[-1]
+        else:
+            self.store.set(f"e2llm/join/{r}/peers", ",".join(map(str, peers)))
+        for p in peers[1:]:   # they pair up on threads of their own, serving meanwhile
+            self._send(p, Op.PEER, a=r, payload=text_payload(pair_dir or " "))
+        try:
+            kw = (dict(store_file=os.path.join(pair_dir, f"pair-{r}-0"), bind="127.0.0.1")
+                  if self.spawn else dict(store=self.store, prefix=f"e2llm/pair/{r}-0/",
+                                          bind=os.environ.get("E2LLM_BIND_ADDR") or None))
+            _, pg = self._in_time(lambda: make_group(0, 2, max(self.timeout_s, 30.0),
+                                                     connect_timeout_s=self.connect_timeout_s, **kw),
+                                  f"device {name!r} did not join", ranks=[r])
+        except BaseException:
+            self._abandon(r)
+            raise
+        self.mesh.add(pg, [0, r])
+        self.receivers.append(Receiver(pg, self.postbox, world=self.world, members=[0, r], report=False,
+                                       on_error=lambda e, n=name: self._lost(n, e)))
+        self.absent.discard(name)
+        try:
+            self._acks(Op.PEER, len(peers) - 1, peers[1:])
+            self._set_up([r])
+        except BaseException:
+            self._abandon(r)
+            raise
+
+    def _abandon(self, rank: int) -> None:
+        """A device that failed to join: its worker (if spawned) is stopped and it is down."""
+        name = self.cluster.devices[rank - 1].name
+        proc = self._proc_of.get(rank)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            _wait(proc, 1.0)
+        self.absent.add(name)
+
+    def _lost(self, name: str, error: BaseException) -> None:
+        """The pair with a device that joined broke: its worker is gone (a multi-host one is
+        found this way; a spawned one by its exit too)."""
+        if name not in self.dead and not self._stopped:
+            self.dead[name] = f"the worker of device {name!r} lost its connection ({str(error)[:80]})"
+            self.died_s[name] = self.now_s()
+
     def _join(self, group: dict):
-        """Join the group on a helper thread, so that Ctrl-C reaches this one at once and a worker
-        that dies while starting is noticed; bounded by ``connect_timeout_s``."""
+        """Join the group of the devices up at the start (see :meth:`_in_time`)."""
+        where = "" if self.spawn else f" at {self.addr}:{self.port}"
+        return self._in_time(lambda: make_group(0, len(self.members), max(self.timeout_s, 30.0),
+                                                connect_timeout_s=self.connect_timeout_s,
+                                                members=self.members, **group),
+                             f"the {len(self.members) - 1} device workers did not join{where}")
+
+    def _in_time(self, make, failure: str, ranks=None):
+        """Form a group (``make()``) on a helper thread, so that Ctrl-C reaches this one at once
+        and a worker (of ``ranks``) that dies while starting is noticed; bounded by
+        ``connect_timeout_s``, else WorkerDied(``failure`` ...)."""
         box: dict = {}
 
         def join():
             try:
-                box["group"] = make_group(0, self.world, max(self.timeout_s, 30.0),
-                                          connect_timeout_s=self.connect_timeout_s, **group)
+                box["group"] = make()
             except BaseException as e:  # noqa: BLE001 - handed to the main thread
                 box["error"] = e
 
@@ -198,16 +284,14 @@ class EmulatedCluster:
         while t.is_alive():
             t.join(0.2)
             _check_interrupted()
-            self._check_alive()
+            self._check_alive(ranks)
             if time.monotonic() > deadline:
                 break
         if "group" in box:
             return box["group"]
-        where = "" if self.spawn else f" at {self.addr}:{self.port}"
         why = f": {str(box['error']).splitlines()[0][:160]}" if "error" in box else ""
         box.clear()   # let go of the half-made group (a TCPStore listens while it lives)
-        raise WorkerDied(f"the {self.world - 1} device workers did not join{where} within "
-                         f"{self.connect_timeout_s:g} s{why}")
+        raise WorkerDied(f"{failure} within {self.connect_timeout_s:g} s{why}")
 
     def __enter__(self) -> "EmulatedCluster":
         return self.start()
@@ -229,7 +313,7 @@ class EmulatedCluster:
         live = [] if broken else self.live_ranks
         if self.pg is not None and live:  # ask every live worker to stop; never wait long on one
             if self.receiver is not None:  # it ends once every live worker has echoed its STOP
-                self.receiver.stops = len(live)
+                self.receiver.stops = len([r for r in live if r in self.members])
             for r in live:
                 self._post(r, Op.STOP, {"timeout_s": 1.0})   # after what is queued
             deadline = time.monotonic() + timeout_s
@@ -242,15 +326,13 @@ class EmulatedCluster:
             if p.poll() is None:
                 p.kill()
                 _wait(p, 1.0)
-        if self.receiver is not None:  # ends on the workers' STOP echo; never left blocked in gloo
-            self.receiver.thread.join(1.0)
+        for rc in [self.receiver, *self.receivers]:  # end on the STOP echoes; never left blocked in gloo
+            if rc is not None:
+                rc.thread.join(1.0)
         if self.outbox is not None:   # senders done before the group goes
             self.outbox.close(2.0 if live and not self.dead else 0.5)
         if self.pg is not None:
-            try:
-                self.pg.shutdown()
-            except Exception:
-                pass
+            self.mesh.shutdown()
         self.pg = None
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -294,14 +376,16 @@ class EmulatedCluster:
         name = self.cluster.device(device).name
         if not self.spawn:
             raise E2LLMError("kill() needs workers this driver started (spawn=True)")
-        proc = self.procs[self.rank(name) - 1]
+        proc = self._proc_of.get(self.rank(name))
+        if proc is None:
+            raise ValueError(f"device {name!r} has no worker (it has not joined)")
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
 
     def _scan_dead(self) -> None:
         """Record in :attr:`dead` every (spawned) worker process that has exited, with the
         device time it was noticed (:attr:`died_s`)."""
-        for r, p in enumerate(self.procs, start=1):
+        for r, p in list(self._proc_of.items()):
             name = self.cluster.devices[r - 1].name
             if name not in self.dead and p.poll() is not None:
                 self.dead[name] = (f"the worker of device {name!r} (rank {r}) died "
@@ -311,15 +395,20 @@ class EmulatedCluster:
     def _check_alive(self, ranks=None) -> None:
         """Raise WorkerDied if the worker of any of ``ranks`` (default: every rank) is dead."""
         self._scan_dead()
-        for r in range(1, self.world) if ranks is None else ranks:
+        for r in self.up_ranks if ranks is None else ranks:
             name = self.cluster.devices[r - 1].name
             if name in self.dead:
                 raise WorkerDied(self.dead[name])
 
     @property
+    def up_ranks(self) -> list[int]:
+        """The ranks of the devices that have a worker (up at the start, or joined since)."""
+        return [r for r in range(1, self.world) if self.cluster.devices[r - 1].name not in self.absent]
+
+    @property
     def live_ranks(self) -> list[int]:
-        """The ranks whose worker is not known to be dead."""
-        return [r for r in range(1, self.world) if self.cluster.devices[r - 1].name not in self.dead]
+        """The ranks whose worker is up and not known to be dead."""
+        return [r for r in self.up_ranks if self.cluster.devices[r - 1].name not in self.dead]
 
     def _take(self, q: queue.Queue, timeout_s: float | None = None, ranks=None):
         """The next message of ``q`` (a :class:`Dispatcher` queue); a worker of ``ranks`` (default:

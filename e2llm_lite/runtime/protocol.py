@@ -82,6 +82,8 @@ class Op(enum.IntEnum):
                    # c=1 and an int64 [B] payload of greedy tokens, or b=1: float32 [B, vocab] logits)
     STEP = 16      # worker->driver  one timed step of operation ``e``: a=start b=end (us, driver
                    # clock) c=bytes sent on d=phase (0 prefill, 1 decode) + 2 if it overran
+    PEER = 17      # driver->worker  a=the rank of a device that joins: pair up with it (payload
+                   # uint8: the folder of the pairs' store files, or " ": the driver's store); ACKed once paired
 
 
 class ErrorKind(enum.IntEnum):
@@ -112,8 +114,15 @@ class Message:
 
 def make_group(rank: int, world: int, timeout_s: float, *, store_file: str | None = None,
                addr: str = "127.0.0.1", port: int | None = None, bind: str | None = "127.0.0.1",
-               connect_timeout_s: float = CONNECT_TIMEOUT_S):
+               connect_timeout_s: float = CONNECT_TIMEOUT_S, store=None, prefix: str = "",
+               members=None):
     """Join the gloo group of ``world`` ranks; returns (store, process group).
+
+    ``rank`` and ``world`` are the group's own (a group of some of the devices, or a pair: see
+    :class:`Mesh`). ``store`` (with ``prefix``): meet through this existing store under that
+    prefix instead (a device that joins a running cluster pairs up with each member this way).
+    ``members``: rank 0 of a multi-host group publishes them (the global ranks up at the start,
+    key ``e2llm/members``) for the workers started by hand (:func:`group_members`).
 
     Rendezvous: with ``store_file`` (one machine) through a FileStore in that file — no socket
     listens for it; else (several machines) through the TCPStore rank 0 hosts at ``addr:port``,
@@ -126,11 +135,15 @@ def make_group(rank: int, world: int, timeout_s: float, *, store_file: str | Non
     import torch.distributed as dist
 
     connect = datetime.timedelta(seconds=connect_timeout_s)
-    if store_file:
+    if store is not None:
+        store = dist.PrefixStore(prefix, store) if prefix else store
+    elif store_file:
         store = dist.FileStore(store_file, world)
         store.set_timeout(connect)
     else:
         store = dist.TCPStore(addr, port, world, rank == 0, timeout=connect, wait_for_workers=False)
+        if rank == 0:
+            store.set("e2llm/members", ",".join(map(str, members or range(world))))
     opts = dist.ProcessGroupGloo._Options()
     opts._timeout = datetime.timedelta(seconds=timeout_s)
     opts._devices = [dist.ProcessGroupGloo.create_device(hostname=bind) if bind
@@ -150,6 +163,22 @@ def make_group(rank: int, world: int, timeout_s: float, *, store_file: str | Non
         failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     store = None
     raise ConnectionError(failure)
+
+
+def group_members(addr: str, port: int, rank: int, connect_timeout_s: float = CONNECT_TIMEOUT_S):
+    """A worker started by hand: connect to the driver's store at ``addr:port`` and read which
+    ranks are up at the start; returns (store, members). ValueError if ``rank`` is not one of
+    them (its device is absent at the start: it joins later, ``e2llm-lite worker --join``)."""
+    import torch.distributed as dist
+
+    connect = datetime.timedelta(seconds=connect_timeout_s)
+    store = dist.TCPStore(addr, port, is_master=False, timeout=connect, wait_for_workers=False)
+    store.wait(["e2llm/members"], connect)
+    members = [int(x) for x in store.get("e2llm/members").decode().split(",")]
+    if rank not in members:
+        raise ValueError(f"rank {rank}'s device is absent at the start (the group is ranks "
+                         f"{members}): start it with `e2llm-lite worker --join`")
+    return store, members
 
 
 def as_payload(payload) -> torch.Tensor | None:
@@ -229,18 +258,23 @@ def check_header(h: list[int], world: int | None = None) -> tuple[Op, torch.dtyp
     return op, dtype, shape
 
 
-def recv(pg, world: int | None = None, buffer: torch.Tensor | None = None) -> Message:
+def recv(pg, world: int | None = None, buffer: torch.Tensor | None = None,
+         local: dict | None = None) -> Message:
     """Block until the next message from any rank arrives (header, then its payload). The header
     may be waited for up to :data:`LISTEN_TIMEOUT_S` (an idle group is not a broken one); a
     payload too big to come with it, within the group's timeout. A header that fails
     :func:`check_header` raises :class:`BadMessage` (``world``: the group's size, default
     ``pg.size()``). ``buffer``: a uint8 tensor of at least ``HEADER_LEN * 8 +
-    INLINE_PAYLOAD_BYTES`` bytes to receive into (a caller that receives in a loop keeps one)."""
+    INLINE_PAYLOAD_BYTES`` bytes to receive into (a caller that receives in a loop keeps one).
+    ``local``: the group's rank of each sender's (global) rank, for a group of some of the ranks
+    (default: the same numbers); a sender outside it is a :class:`BadMessage`."""
     if buffer is None:
         buffer = torch.empty(_INLINE_BUFFER, dtype=torch.uint8)
     pg.recv_anysource([buffer], TAG).wait(datetime.timedelta(seconds=LISTEN_TIMEOUT_S))
     h = buffer[:HEADER_LEN * 8].view(torch.int64).tolist()
     op, dtype, shape = check_header(h, pg.size() if world is None else world)
+    if local is not None and h[1] not in local:
+        raise BadMessage(f"{op.name} names sender rank {h[1]}, not a member of this group")
     payload = None
     if dtype is not None:
         payload = torch.empty(shape, dtype=dtype)
@@ -248,7 +282,7 @@ def recv(pg, world: int | None = None, buffer: torch.Tensor | None = None) -> Me
         if size <= INLINE_PAYLOAD_BYTES:
             payload.reshape(-1).view(torch.uint8).copy_(buffer[HEADER_LEN * 8:HEADER_LEN * 8 + size])
         else:
-            pg.recv([payload], h[1], TAG).wait()
+            pg.recv([payload], h[1] if local is None else local[h[1]], TAG).wait()
     return Message(op, *h[1:9], payload=payload)
 
 
@@ -286,6 +320,37 @@ class Postbox:
             return len(self._heap)
 
 
+class Mesh:
+    """The gloo groups one process talks over, and which one reaches each (global) rank.
+
+    The cluster's ranks are fixed (the driver 0, device ``i`` rank ``i + 1``). The devices up at
+    the start form one group (their group ranks in rank order); a device that joins later pairs
+    up with every live member in a group of two each (a gloo group's members are fixed when it
+    forms). A message to rank ``r`` goes over the group that holds it, as that group's rank."""
+
+    def __init__(self):
+        self._where: dict[int, tuple] = {}   # global rank -> (process group, its rank there)
+        self.groups: list = []
+
+    def add(self, pg, members) -> None:
+        """Reach every rank of ``members`` (global ranks, in group-rank order) through ``pg``."""
+        self.groups.append(pg)
+        for i, r in enumerate(members):
+            self._where.setdefault(int(r), (pg, i))
+
+    def route(self, dst: int) -> tuple:
+        """(process group, rank in it) for global rank ``dst``; KeyError if no group holds it."""
+        return self._where[dst]
+
+    def shutdown(self) -> None:
+        for pg in self.groups:
+            try:
+                pg.shutdown()
+            except Exception:
+                pass
+        self.groups.clear()
+
+
 class Outbox:
     """Sends messages from ``src`` without making the caller wait for a large one: one sender
     thread per destination keeps that destination's messages in order (a header and its payload
@@ -297,8 +362,8 @@ class Outbox:
 
     INLINE_BYTES = 64 * 1024
 
-    def __init__(self, pg, src: int):
-        self.pg, self.src = pg, src
+    def __init__(self, mesh: Mesh, src: int):
+        self.mesh, self.src = mesh, src
         self.bytes_sent = 0
         self._boxes: dict[int, queue.Queue] = {}
         self._locks: dict[int, threading.Lock] = {}
@@ -331,7 +396,8 @@ class Outbox:
         if dst in self._dead:
             return False
         try:
-            self.bytes_sent += send(self.pg, dst, op, self.src, **kw)
+            pg, there = self.mesh.route(dst)
+            self.bytes_sent += send(pg, there, op, self.src, **kw)
             return True
         except Exception:
             self._dead.add(dst)
@@ -364,12 +430,15 @@ class Receiver:
     """Receives messages from any rank on a daemon thread and puts each into ``postbox`` at its
     delivery time (header ``t`` converted by ``local_time``: driver-clock us -> this process's
     monotonic s). If the connection breaks (a peer died) or a header is malformed, the thread
-    keeps the exception in ``error`` and puts ``on_error(exception)`` (due at once)."""
+    keeps the exception in ``error`` and puts ``on_error(exception)`` (due at once; nothing if
+    ``report`` is False). ``members``: the group's global ranks in group-rank order (default:
+    the group's ranks are the global ones); ``world``: the cluster's ranks (header check)."""
 
     def __init__(self, pg, postbox: Postbox, local_time=lambda us: us / 1e6, on_error=lambda e: None,
-                 world: int | None = None):
+                 world: int | None = None, members=None, report: bool = True):
         self.pg, self.postbox, self.local_time = pg, postbox, local_time
-        self.on_error, self.world = on_error, world
+        self.on_error, self.world, self.report = on_error, world, report
+        self.local = None if members is None else {int(r): i for i, r in enumerate(members)}
         self.error: BaseException | None = None
         self.stops = 1   # STOP messages that end the thread: the driver expects one per live worker
         self.thread = threading.Thread(target=self._run, name="e2llm-receiver", daemon=True)
@@ -379,7 +448,7 @@ class Receiver:
         buffer = torch.empty(_INLINE_BUFFER, dtype=torch.uint8)
         try:
             while True:
-                msg = recv(self.pg, self.world, buffer)
+                msg = recv(self.pg, self.world, buffer, self.local)
                 self.postbox.put(msg, self.local_time(msg.t) if msg.t else 0.0)
                 if msg.op == Op.STOP:
                     self.stops -= 1
@@ -387,4 +456,6 @@ class Receiver:
                         return
         except BaseException as e:  # connection closed, process group shut down, bad header
             self.error = e
-            self.postbox.put(self.on_error(e))
+            item = self.on_error(e)
+            if self.report:
+                self.postbox.put(item)

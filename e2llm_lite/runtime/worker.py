@@ -38,8 +38,9 @@ from ..errors import DeviceOOM  # noqa: E402
 from ..memory import MemoryLedger  # noqa: E402
 from ..stage import Stage  # noqa: E402
 from .limits import CONNECT_TIMEOUT_S  # noqa: E402
-from .protocol import (TRACE_COLS, BadMessage, ErrorKind, Message, Op, Outbox,  # noqa: E402
-                       Postbox, Receiver, as_payload, make_group, message_bytes, text_payload)
+from .protocol import (TRACE_COLS, BadMessage, ErrorKind, Mesh, Message, Op,  # noqa: E402
+                       Outbox, Postbox, Receiver, as_payload, group_members, make_group,
+                       message_bytes, text_payload)
 from .throttle import HostFactor, Throttle  # noqa: E402
 
 PHASES = ("prefill", "decode")
@@ -62,11 +63,46 @@ class _Router:
 class Worker:
     """The state of one device worker. Times in seconds; sizes in bytes."""
 
-    def __init__(self, rank: int, world: int, timeout_s: float, parent: int | None = None, **group):
+    def __init__(self, rank: int, world: int, timeout_s: float, parent: int | None = None,
+                 members=None, peers=None, pair_dir: str | None = None, **group):
+        """``members``: the global ranks of the group formed at the start, in order (default:
+        all ``world``). ``peers``: instead, this device joins a running cluster: it pairs up with
+        each of these ranks (the driver first) in a group of two, meeting through a file of
+        ``pair_dir`` (``pair-<this rank>-<peer>``) or the driver's store (``group``'s addr/port);
+        ``"ask"``: a worker started by hand waits in the driver's store until the driver lets its
+        device join (:meth:`EmulatedCluster.join`) and names them."""
         self.rank, self.world, self.parent = rank, world, parent
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = group.get("connect_timeout_s", CONNECT_TIMEOUT_S)
+        self.bind = group.get("bind", "127.0.0.1")
         if parent is not None:  # watch the driver from the start: joining the group can block
             threading.Thread(target=self.watch_parent, name="e2llm-parent", daemon=True).start()
-        self.store, self.pg = make_group(rank, world, timeout_s, **group)
+        self.serving = False                   # receivers start with serve()
+        self.mesh = Mesh()
+        self.groups: list[tuple] = []          # (process group, members, a broken one is fatal)
+        if peers is None:
+            if members is None and "addr" in group:   # started by hand: the driver says who is up
+                client, members = group_members(group["addr"], group["port"], rank,
+                                                self.connect_timeout_s)
+                group = dict(store=client, bind=self.bind, connect_timeout_s=self.connect_timeout_s)
+            members = list(range(world)) if members is None else [int(r) for r in members]
+            self.store, pg = make_group(members.index(rank), len(members), timeout_s, **group)
+            self._add_group(pg, members, fatal=True)
+        else:
+            self.store = None
+            if pair_dir is None:   # a multi-host join: pairs meet through the driver's store
+                import datetime
+
+                import torch.distributed as dist
+                self.store = dist.TCPStore(group["addr"], group["port"], is_master=False,
+                                           timeout=datetime.timedelta(seconds=self.connect_timeout_s))
+            if peers == "ask":   # started by hand: wait for the driver to let this device in
+                self.store.set(f"e2llm/join/{rank}/ask", "1")
+                key = f"e2llm/join/{rank}/peers"
+                self.store.wait([key], datetime.timedelta(seconds=self.connect_timeout_s))
+                peers = [int(x) for x in self.store.get(key).decode().split(",")]
+            for p in peers:     # the driver first: it tells the others to pair up
+                self._add_group(self._pair(int(p), rank, pair_dir), [int(p), rank], fatal=p == 0)
         self.name = f"rank{rank}"
         self.throttle = Throttle()
         self.links = np.zeros((world, 2))      # (Mbit/s, ms) to each rank; 0 Mbit/s = free
@@ -87,7 +123,32 @@ class Worker:
         self.inbox = Postbox()
         self.dma = Postbox()                      # KV hand-offs, stored beside the compute
         self.lock = threading.RLock()             # link bookings, counters, the memory ledger
-        self.outbox = Outbox(self.pg, rank)
+        self.outbox = Outbox(self.mesh, rank)
+
+    def _pair(self, member: int, joiner: int, pair_dir: str | None):
+        """The group of two of ``member`` (group rank 0) and ``joiner`` (1), one of them this
+        device: through the file ``pair_dir/pair-<joiner>-<member>``, or the driver's store."""
+        kw = dict(connect_timeout_s=self.connect_timeout_s, bind=self.bind)
+        if pair_dir is not None:
+            kw["store_file"] = os.path.join(pair_dir, f"pair-{joiner}-{member}")
+        else:
+            kw.update(store=self.store, prefix=f"e2llm/pair/{joiner}-{member}/")
+        return make_group(int(joiner == self.rank), 2, self.timeout_s, **kw)[1]
+
+    def _add_group(self, pg, members: list[int], fatal: bool) -> None:
+        """Reach ``members`` through ``pg``; once serving, also listen on it."""
+        self.mesh.add(pg, members)
+        self.groups.append((pg, members, fatal))
+        if self.serving:
+            self._listen(pg, members, fatal)
+
+    def _listen(self, pg, members: list[int], fatal: bool) -> None:
+        """A receiver thread for ``pg``: a broken group of this device's start, or its pair with
+        the driver, ends the worker (the driver is gone); a pair with a device that died is
+        only dropped."""
+        Receiver(pg, _Router(self.inbox, self.dma), on_error=lambda e: e, world=self.world,
+                 local_time=lambda us: us / 1e6 - self.clock_offset, members=members,
+                 report=fatal)
 
     # ---- plumbing ------------------------------------------------------------------------------
     def post(self, dst: int, op: Op, link: int | None = None, since: float | None = None,
@@ -164,8 +225,9 @@ class Worker:
         until its delivery time; this thread computes."""
         if self.parent is None:  # a multi-host worker: watch the driver's store
             threading.Thread(target=self.watch_driver, name="e2llm-watchdog", daemon=True).start()
-        Receiver(self.pg, _Router(self.inbox, self.dma), on_error=lambda e: e, world=self.world,
-                 local_time=lambda us: us / 1e6 - self.clock_offset)
+        self.serving = True
+        for pg, members, fatal in list(self.groups):
+            self._listen(pg, members, fatal)
         threading.Thread(target=self.serve_dma, name="e2llm-dma", daemon=True).start()
         while True:
             try:
@@ -216,6 +278,23 @@ class Worker:
         self.throttle = Throttle(dilation=m.a / 1e6)
         self.clock_offset = 0.0 if m.c else m.b / 1e6 - time.monotonic()
         self.post(0, Op.ACK, a=int(Op.SETUP))
+
+    def on_peer(self, m: Message) -> None:
+        """Device ``m.a`` joins: pair up with it (on a thread of its own: the pair forms when the
+        new worker gets to it, and this one goes on serving meanwhile), then ACK."""
+        if not 0 < m.a < self.world or m.a == self.rank:
+            raise ValueError(f"device {self.name!r}: cannot pair up with rank {m.a}")
+        pair_dir = m.text.strip() or None
+
+        def pair():
+            try:
+                pg = self._pair(self.rank, m.a, pair_dir)
+                self._add_group(pg, [self.rank, m.a], fatal=False)
+                self.post(0, Op.ACK, a=int(Op.PEER), b=m.a, e=m.e)
+            except Exception as e:  # noqa: BLE001 - reported to the driver
+                self.reply_error(m.request, e, m.op, m.e)
+
+        threading.Thread(target=pair, name=f"e2llm-pair-{m.a}", daemon=True).start()
 
     def on_links(self, m: Message) -> None:
         self.links = m.payload.numpy().reshape(self.world, 2).copy()
@@ -417,12 +496,14 @@ class Worker:
 
 def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int | None = 29500,
                timeout_s: float = 3600.0, *, store_file: str | None = None, parent: int | None = None,
-               connect_timeout_s: float = CONNECT_TIMEOUT_S, bind: str | None = None) -> None:
+               connect_timeout_s: float = CONNECT_TIMEOUT_S, bind: str | None = None,
+               members=None, peers=None, pair_dir: str | None = None) -> None:
     """Entry point of a device process: spawned by the driver on this machine (``store_file``,
     ``parent``: rendezvous through a file, sockets on loopback, exit when the parent does), or
     started with ``e2llm-lite worker`` for a multi-host run (``addr:port``: the driver's TCPStore;
     ``bind``: this machine's address for the group's sockets, default: what the host name
-    resolves to). ``timeout_s`` bounds every message wait; ``connect_timeout_s`` the rendezvous."""
+    resolves to). ``timeout_s`` bounds every message wait; ``connect_timeout_s`` the rendezvous.
+    ``members`` / ``peers`` / ``pair_dir``: see :class:`Worker` (a device that joins later)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     try:
@@ -430,12 +511,13 @@ def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int | None 
     except RuntimeError:  # set already (a worker forked by the zygote): only once per process
         pass
     group = (dict(store_file=store_file, bind="127.0.0.1") if store_file
-             else dict(addr=addr, port=port, bind=bind))
+             else dict(bind="127.0.0.1") if pair_dir else dict(addr=addr, port=port, bind=bind))
     try:
         worker = Worker(rank, world, timeout_s, parent=parent, connect_timeout_s=connect_timeout_s,
-                        **group)
+                        members=members, peers=peers, pair_dir=pair_dir, **group)
     except Exception as e:  # no driver within the connect timeout, an unreachable address, ...
-        where = f"the store file {store_file}" if store_file else f"{addr}:{port}"
+        where = (f"the store file {store_file}" if store_file else f"the folder {pair_dir}"
+                 if pair_dir else f"{addr}:{port}")
         print(f"e2llm-lite worker {rank}: could not join the driver at {where} within "
               f"{connect_timeout_s:g} s ({type(e).__name__}: {str(e).splitlines()[0][:120]})",
               file=sys.stderr)
@@ -447,7 +529,7 @@ def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int | None 
               file=sys.stderr)
     finally:
         try:
-            worker.pg.shutdown() if hasattr(worker.pg, "shutdown") else None
+            worker.mesh.shutdown()
         except Exception:
             pass
         os._exit(0)  # do not wait for threads blocked in gloo
@@ -466,9 +548,19 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
     p.add_argument("--local", action="store_true", help="spawned by the driver: die with it")
+    p.add_argument("--members", help="the ranks of the group formed at the start (default: all)")
+    p.add_argument("--peers", help="join a running cluster: pair up with these ranks (driver first)")
+    p.add_argument("--pair-dir", help="the folder of the pairs' store files (spawned joiners)")
+    p.add_argument("--join", action="store_true", help="join a running cluster when the driver lets "
+                   "this device in (multi-host: through the driver's store at --addr:--port)")
     a = p.parse_args(argv)
+    ranks = (lambda t: None if t is None else [int(x) for x in t.split(",")])
+    if a.join and a.peers is None:
+        a.peers = "ask"
     run_worker(a.rank, a.world, a.addr, a.port, a.timeout, store_file=a.store_file, parent=a.parent,
-               connect_timeout_s=a.connect_timeout)
+               connect_timeout_s=a.connect_timeout, members=ranks(a.members),
+               peers=a.peers if a.peers == "ask" else ranks(a.peers),
+               pair_dir=a.pair_dir)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ device time — a real death, detected like any other) is reported by the runtim
 :class:`DeviceFailed` at the device time it was noticed; whatever was in flight on its replica is
 forgotten (the scheduler re-queues those requests). A re-queued request's prefill computes its
 prompt **plus the tokens it had produced** (its token ids here), so its text goes on unchanged.
-A joining device (``join``) has a worker from the start that holds no layers and is absent from
-the scheduler until its time: then :class:`DeviceJoined` (a gloo group's members are fixed when it
-forms, so a worker process started mid-run cannot join it).
+A joining device (``join``) is absent until its time: if the cluster was started without it
+(``EmulatedCluster(absent=...)``), its worker process starts then and pairs up with the live
+ones (:meth:`~e2llm_lite.runtime.driver.EmulatedCluster.join`); then :class:`DeviceJoined`.
 
 Real tokens come out: each request's greedy tokens, in order, in :attr:`RealResult.tokens`
 (and to ``on_token`` as they arrive). Every event fed to the scheduler and every action it
@@ -363,6 +363,8 @@ def serve_requests(rt, pipes: dict, plan, cluster, requests, prompts: dict, *, c
                                             "killed_wall": time.monotonic()})
                     rt.kill(dev)
                 else:
+                    if dev in rt.absent:   # a new worker process joins the running cluster
+                        rt.join(dev)
                     ad.feed(DeviceJoined(ad.now(), dev))
             while todo and todo[0].arrival_s <= now:
                 r = todo.pop(0)
