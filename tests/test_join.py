@@ -96,3 +96,21 @@ def test_a_hand_started_worker_joins_a_multi_host_run_on_loopback(haiku_ids, ref
     finally:
         for p in procs:
             p.kill()
+
+
+def test_a_device_joins_while_another_one_dies(haiku_ids, reference_tokens, tokenizer):
+    """A worker SIGKILLed just before a join (found dead or not yet): the join goes on without
+    it (its pair is left out, bounded by the connect timeout), and a pipeline of the survivor
+    and the new device gives the single-process tokens."""
+    cl = default_cluster(3)
+    first, late, last = cl.names
+    with EmulatedCluster(cl, dilation=1.0, timeout_s=60, absent=[late], connect_timeout_s=10) as rt:
+        rt.kill(last)
+        t0 = time.monotonic()
+        rt.join(late)
+        assert time.monotonic() - t0 < 20
+        pipe = rt.pipeline([(first, 0, 15), (late, 15, 30)])
+        assert pipe.generate(haiku_ids, 20, [tokenizer.eos_token_id]).tokens == reference_tokens
+        assert last in rt.dead
+        procs = list(rt.procs)
+    assert _gone(procs)

@@ -236,11 +236,35 @@ class EmulatedCluster:
                                        on_error=lambda e, n=name: self._lost(n, e)))
         self.absent.discard(name)
         try:
-            self._acks(Op.PEER, len(peers) - 1, peers[1:])
+            self._paired(r, peers[1:])
             self._set_up([r])
         except BaseException:
             self._abandon(r)
             raise
+
+    def _paired(self, joiner: int, peers: list[int]) -> None:
+        """Wait for each of ``peers`` to ACK its pair with ``joiner``; a peer that dies meanwhile
+        is no longer waited for (the joiner is: it dying raises WorkerDied)."""
+        q = self.dispatch.acks(Op.PEER)
+        pending = set(peers)
+        deadline = time.monotonic() + self.connect_timeout_s + 5.0
+        while pending:
+            self._scan_dead()
+            pending = {p for p in pending if self.cluster.devices[p - 1].name not in self.dead}
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise WorkerDied(f"device(s) {sorted(pending)} did not pair up with the device "
+                                 f"that joins within {self.connect_timeout_s:g} s")
+            try:
+                m = self._take(q, timeout_s=0.5, ranks=[joiner])
+            except WorkerDied:
+                if self.cluster.devices[joiner - 1].name in self.dead or self.receiver.error:
+                    raise
+                continue                     # a quiet half second
+            if m.op == Op.ERROR:
+                self._raise(m)
+            pending.discard(m.src)
 
     def _abandon(self, rank: int) -> None:
         """A device that failed to join: its worker (if spawned) is stopped and it is down."""

@@ -78,6 +78,7 @@ class Worker:
         if parent is not None:  # watch the driver from the start: joining the group can block
             threading.Thread(target=self.watch_parent, name="e2llm-parent", daemon=True).start()
         self.serving = False                   # receivers start with serve()
+        self.group_lock = threading.Lock()
         self.mesh = Mesh()
         self.groups: list[tuple] = []          # (process group, members, a broken one is fatal)
         if peers is None:
@@ -101,8 +102,23 @@ class Worker:
                 key = f"e2llm/join/{rank}/peers"
                 self.store.wait([key], datetime.timedelta(seconds=self.connect_timeout_s))
                 peers = [int(x) for x in self.store.get(key).decode().split(",")]
-            for p in peers:     # the driver first: it tells the others to pair up
-                self._add_group(self._pair(int(p), rank, pair_dir), [int(p), rank], fatal=p == 0)
+            peers = [int(p) for p in peers]
+            # the driver first (it tells the others to pair up), then the others side by side;
+            # a pair that does not form (that device died meanwhile) is left out
+            self._add_group(self._pair(peers[0], rank, pair_dir), [peers[0], rank], fatal=True)
+
+            def pair(p):
+                try:
+                    self._add_group(self._pair(p, rank, pair_dir), [p, rank], fatal=False)
+                except Exception as e:  # noqa: BLE001 - that device is unreachable
+                    print(f"e2llm-lite worker {rank}: no pair with rank {p} ({str(e)[:80]})",
+                          file=sys.stderr)
+
+            threads = [threading.Thread(target=pair, args=(p,), daemon=True) for p in peers[1:]]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(self.connect_timeout_s + 5.0)
         self.name = f"rank{rank}"
         self.throttle = Throttle()
         self.links = np.zeros((world, 2))      # (Mbit/s, ms) to each rank; 0 Mbit/s = free
@@ -136,11 +152,12 @@ class Worker:
         return make_group(int(joiner == self.rank), 2, self.timeout_s, **kw)[1]
 
     def _add_group(self, pg, members: list[int], fatal: bool) -> None:
-        """Reach ``members`` through ``pg``; once serving, also listen on it."""
-        self.mesh.add(pg, members)
-        self.groups.append((pg, members, fatal))
-        if self.serving:
-            self._listen(pg, members, fatal)
+        """Reach ``members`` through ``pg``; once serving, also listen on it (thread-safe)."""
+        with self.group_lock:
+            self.mesh.add(pg, members)
+            self.groups.append((pg, members, fatal))
+            if self.serving:
+                self._listen(pg, members, fatal)
 
     def _listen(self, pg, members: list[int], fatal: bool) -> None:
         """A receiver thread for ``pg``: a broken group of this device's start, or its pair with
@@ -225,9 +242,10 @@ class Worker:
         until its delivery time; this thread computes."""
         if self.parent is None:  # a multi-host worker: watch the driver's store
             threading.Thread(target=self.watch_driver, name="e2llm-watchdog", daemon=True).start()
-        self.serving = True
-        for pg, members, fatal in list(self.groups):
-            self._listen(pg, members, fatal)
+        with self.group_lock:
+            self.serving = True
+            for pg, members, fatal in self.groups:
+                self._listen(pg, members, fatal)
         threading.Thread(target=self.serve_dma, name="e2llm-dma", daemon=True).start()
         while True:
             try:
