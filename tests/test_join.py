@@ -93,6 +93,11 @@ def test_a_hand_started_worker_joins_a_multi_host_run_on_loopback(haiku_ids, ref
             assert pipe.generate(haiku_ids, 20, [tokenizer.eos_token_id]).tokens == reference_tokens
         for p in procs:
             assert p.wait(timeout=10) == 0
+        # let go at stop (rt is still referenced here): the driver's TCPStore listens on
+        # every interface for as long as anything holds it
+        listening = [c.laddr for c in psutil.Process().net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        assert not listening, f"the driver's store still listens after stop: {listening}"
     finally:
         for p in procs:
             p.kill()

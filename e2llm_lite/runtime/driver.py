@@ -259,7 +259,7 @@ class EmulatedCluster:
             try:
                 m = self._take(q, timeout_s=0.5, ranks=[joiner])
             except WorkerDied:
-                if self.cluster.devices[joiner - 1].name in self.dead or self.receiver.error:
+                if self.cluster.devices[joiner - 1].name in self.dead or self._wire_error:
                     raise
                 continue                     # a quiet half second
             if m.op == Op.ERROR:
@@ -357,7 +357,10 @@ class EmulatedCluster:
             self.outbox.close(2.0 if live and not self.dead else 0.5)
         if self.pg is not None:
             self.mesh.shutdown()
-        self.pg = None
+        # let go of every group and the store: a multi-host driver's TCPStore listens on every
+        # interface for as long as anything holds it
+        self.pg = self.store = self.receiver = None
+        self.mesh, self.receivers = Mesh(), []
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -425,6 +428,12 @@ class EmulatedCluster:
                 raise WorkerDied(self.dead[name])
 
     @property
+    def _wire_error(self) -> BaseException | None:
+        """Why the main group's receiver stopped (None: it did not fail, or the cluster stopped)."""
+        rc = self.receiver
+        return None if rc is None else rc.error
+
+    @property
     def up_ranks(self) -> list[int]:
         """The ranks of the devices that have a worker (up at the start, or joined since)."""
         return [r for r in range(1, self.world) if self.cluster.devices[r - 1].name not in self.absent]
@@ -453,7 +462,7 @@ class EmulatedCluster:
             if msg is None:
                 q.put(None)   # every later reader hears it too
                 self._check_alive()
-                raise WorkerDied(f"lost the connection to a worker: {self.receiver.error}")
+                raise WorkerDied(f"lost the connection to a worker: {self._wire_error}")
             return msg
 
     def _raise(self, msg) -> None:
@@ -533,7 +542,7 @@ class EmulatedCluster:
             while True:
                 if msg is None:
                     return out + self._deaths() + self._fail_outstanding(WorkerDied(
-                        f"lost the connection to a worker: {self.receiver.error}"))
+                        f"lost the connection to a worker: {self._wire_error}"))
                 done = self._collect(msg)
                 if done is not None:
                     out.append(done)

@@ -343,12 +343,14 @@ class Mesh:
         return self._where[dst]
 
     def shutdown(self) -> None:
+        """Shut every group down and let go of them (and so of their stores)."""
         for pg in self.groups:
             try:
                 pg.shutdown()
             except Exception:
                 pass
         self.groups.clear()
+        self._where.clear()
 
 
 class Outbox:
