@@ -178,6 +178,26 @@ def test_a_joining_device_is_taken_into_the_next_plan():
 
 
 # ---- the workload shifts ------------------------------------------------------------------------
+def test_a_replica_too_small_for_the_new_prompts_does_not_score_the_plan_as_broken(mixed8):
+    """Prompts grow past what one replica holds: the current plan is scored by the replicas that
+    hold them (finite, pessimistic), not as a plan that cannot serve (10^10 s)."""
+    from e2llm_lite.planning.problem import SearchProblem
+    from e2llm_lite.planning.replan import replan
+    from e2llm_lite.planning.workload_stats import workload_stats
+    from e2llm_lite.workload import LengthDist
+
+    cluster, plan, _ = mixed8
+    prompts, outputs = [6000] * 20, [50] * 20
+    stats = workload_stats(LengthDist.from_pairs(prompts, outputs, name="big"), None, name="big")
+    problem = SearchProblem(cluster, stats, 2.5)
+    index = {n: i for i, n in enumerate(problem.names)}
+    holds = [problem.planner.cached_plan(tuple(index[d] for d in r.devices), r.role) is not None
+             for r in plan.replicas]
+    assert any(holds) and not all(holds), holds           # the case this test is about
+    out = replan(cluster, cluster.names, plan, rate_rps=2.5, prompts=prompts, outputs=outputs)
+    assert math.isfinite(out.current_s) and out.current_s < 1e9
+
+
 def test_a_steady_workload_does_not_flap(mixed8, monkeypatch):
     """Hysteresis: a stationary stream may ask for a re-plan now and then (a window's means
     wander), but never adopts one, so the plan and its roles stay."""
@@ -304,3 +324,11 @@ def test_a_shift_is_followed_and_nothing_is_lost():
     assert all(x.done or x.rejected for x in res.records.values())
     assert len(res.records) == r["done"]["in"] == 500
     assert all(w is not None and w >= 0 for ws in r["waiting"].values() for w in ws)
+    # the oracle at detection rolls the conv plan in when the first workload re-plan of the
+    # conv phase was ready, and serves everything
+    first = min(x["ready_s"] for x in res.replans
+                if x["reason"] == "workload" and x["asked_s"] >= r["phases"][1]["start_s"])
+    assert r["detected_s"] == [None, first] and first > r["phases"][1]["start_s"]
+    late = r["results"]["oracle_at_detection"]
+    switched = [m[0] for m in late.marks if m[1:] == ("plan", "switched")]
+    assert r["done"]["oracle_at_detection"] == 500 and switched == [first]

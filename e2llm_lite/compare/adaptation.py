@@ -13,6 +13,12 @@ only the mix changes. :func:`adaptation` serves it three ways, in the simulator:
   same rolling change an adopted re-plan makes) — what a planner that knew the phases in advance
   would get: no detection delay and no planning error about the new workload, but the same
   backlog carried over and the same reloading;
+* **oracle at detection**: the same, but each phase's plan rolled in when the adaptive
+  scheduler's first workload re-plan of that phase was ready (never, in a phase where none was
+  asked): the adaptive scheduler's detection delay with the oracle's plan. It splits the gap
+  between adaptive and oracle in two: oracle at detection / oracle is what the delay costs
+  (arrivals served by the old plan while the shift is told apart), adaptive / oracle at
+  detection what planning from the observed arrivals costs (a plan made for a small sample);
 * **oracle from empty** (a reference; not a strict bound, since an oracle's old replicas still
   serve while its new ones load): each phase served on its own by its plan, from an empty system
   (arrival times shifted to start at 0): no backlog carried over, no reloading.
@@ -68,8 +74,8 @@ def _phase_means(records, bounds) -> list[float | None]:
 def adaptation(cluster, phases, rate: float, *, seed: int = 0, adapt: AdaptConfig | None = None,
                config: GAConfig | None = None, costmodel=None) -> dict:
     """Fixed vs adaptive vs oracle on a phased stream (module docstring). Returns
-    ``{"phases", "rate_rps", "waiting": {"fixed"|"adaptive"|"oracle"|"oracle_from_empty":
-    [per-phase mean s]},
+    ``{"phases", "rate_rps", "waiting": {"fixed"|"adaptive"|"oracle"|"oracle_at_detection"|"oracle_from_empty":
+    [per-phase mean s]}, "detected_s": [per phase: when oracle at detection switched, s, or None],
     "replans": [...], "replans_per_phase": [...], "adopted_per_phase": [...], "plans": {...},
     "done": {...}, "results": {who: SimResult}, "plan_objects": {profile: Plan}}``."""
     cfg = config or COMPARE_GA
@@ -90,6 +96,14 @@ def adaptation(cluster, phases, rate: float, *, seed: int = 0, adapt: AdaptConfi
     switches = [(t0, plans[name]) for (name, _), t0, (prev, _) in zip(phases[1:], starts[1:], phases)
                 if name != prev]
     oracle = simulate_requests(first, cluster, reqs, costmodel=costmodel, switch=switches)
+    late, detected = [], [None]
+    for (name, _), (prev, _), t0, t1 in zip(phases[1:], phases, starts[1:], starts[2:] + [float("inf")]):
+        ready = [r["ready_s"] for r in adaptive.replans if r["reason"] == "workload"
+                 and t0 <= r["asked_s"] < t1 and r.get("ready_s") is not None]
+        detected.append(min(ready) if name != prev and ready else None)
+        if detected[-1] is not None:
+            late.append((detected[-1], plans[name]))
+    at_detection = simulate_requests(first, cluster, reqs, costmodel=costmodel, switch=late)
     empty = []
     for (name, _), (lo, hi), t0 in zip(phases, bounds, starts):
         part = [replace(r, id=r.id - lo, arrival_s=r.arrival_s - t0) for r in reqs[lo:hi]]
@@ -106,13 +120,18 @@ def adaptation(cluster, phases, rate: float, *, seed: int = 0, adapt: AdaptConfi
         "waiting": {"fixed": _phase_means(fixed.records.values(), bounds),
                     "adaptive": _phase_means(adaptive.records.values(), bounds),
                     "oracle": _phase_means(oracle.records.values(), bounds),
+                    "oracle_at_detection": _phase_means(at_detection.records.values(), bounds),
                     "oracle_from_empty": empty},
+        "detected_s": detected,
         "replans": adaptive.replans, "replans_per_phase": per_phase, "adopted_per_phase": adopted,
         "marks": adaptive.marks,
         "plans": {name: {"roles": roles[name], "summary": p.summary()} for name, p in plans.items()},
         "done": {"fixed": sum(r.done for r in fixed.records.values()),
                  "adaptive": sum(r.done for r in adaptive.records.values()),
-                 "oracle": sum(r.done for r in oracle.records.values()), "in": len(reqs)},
-        "results": {"fixed": fixed, "adaptive": adaptive, "oracle": oracle},
+                 "oracle": sum(r.done for r in oracle.records.values()),
+                 "oracle_at_detection": sum(r.done for r in at_detection.records.values()),
+                 "in": len(reqs)},
+        "results": {"fixed": fixed, "adaptive": adaptive, "oracle": oracle,
+                    "oracle_at_detection": at_detection},
         "plan_objects": plans,
     }

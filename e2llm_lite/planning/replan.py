@@ -7,7 +7,11 @@ one, the current plan's; then
 
 1. **Current**: the current plan's intact replicas (every device still up), scored as they are —
    the planner's predicted waiting of "keep serving with what is left" (``current_s``; inf if
-   nothing is left);
+   nothing is left). A replica whose devices cannot hold one request of the observed workload
+   (its 90th-percentile prompt grew past what they hold) is left out of that score, not counted
+   as breaking the plan: it still serves the shorter requests, so the score is pessimistic, but
+   finite (before, one such replica scored the whole current plan 1e10 s, and every re-plan that
+   followed one made for a small sample was adopted, a rolling change each time);
 2. **Repair**: the intact replicas as they are, plus each broken replica's surviving devices
    re-split by the DP for its role (when they can hold the model) — only the broken replicas
    change;
@@ -79,7 +83,8 @@ def replan(cluster, devices, plan, *, rate_rps: float, prompts=None, outputs=Non
     intact = [r for r in plan.replicas if all(d in index for d in r.devices)]
     broken = [r for r in plan.replicas if r not in intact]
     current = canonical((tuple(index[d] for d in r.devices), r.role) for r in intact)
-    current_s = problem.score(current) if current else math.inf
+    holding = tuple(x for x in current if problem.planner.cached_plan(*x) is not None)
+    current_s = problem.score(holding) if holding else math.inf
     if plan.strategy != "e2llm":
         try:
             new = _baseline(problem, plan.strategy)
