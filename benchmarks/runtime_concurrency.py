@@ -163,6 +163,9 @@ def main() -> None:
               f"calibrated host factors: "
               + ", ".join(f"{n} {c['prefill']['factor']:.2f}/{c['decode']['factor']:.2f}"
                           for n, c in rt.calibration.items()), file=out)
+        for n, c in rt.calibration.items():   # each decode probe's factor (batch@context): its noise
+            print(f"  {n} decode factors: " + " ".join(   # is the cost-model error's floor
+                f"{p['batch']}@{p['context']} {p['factor']:.2f}" for p in c["decode"]["points"]), file=out)
         rt.free(reset_stats=True)
 
         # 1. prefill pipelining
@@ -227,7 +230,8 @@ def main() -> None:
                           "kv_overlap_slowdown": slowdown, "overruns": overruns,
                           "prefill_speedup_cap": cap, "host_batch_scaling": host_scaling,
                           "costmodel_batch_scaling": cm_scaling,
-                          "dilation": rt.dilation, "profile": args.profile or "reference"}, indent=1))
+                          "dilation": rt.dilation, "profile": args.profile or "reference",
+                          "calibration": rt.calibration}, indent=1))
 
 
 if __name__ == "__main__":

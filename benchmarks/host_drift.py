@@ -1,0 +1,82 @@
+"""How steady is this host? The same decode step, timed again and again: the floor under every
+"measured vs cost model" figure.
+
+Calibration (``EmulatedCluster.calibrate``) measures this host against the cost model's profile
+once, then a run's device times follow the profile only as well as the host keeps the speed it
+had while it was probed. This script times one stage's decode step (layers [10, 20), one thread,
+CPU time, in this process: no workers, no sleeping, no other device) for ``--rounds`` rounds of
+``--steps`` steps each, for each batch size, and prints each round's median and their spread:
+
+* ``spread`` = slowest round's median / fastest round's median - 1, per batch size;
+* ``cv`` = standard deviation / mean of the round medians.
+
+A spread of s between rounds means a factor calibrated in one round can be off by up to s in
+another, whatever the runtime does: a cost-model error goal tighter than that cannot be met
+reliably on this host.
+
+    .venv/bin/python benchmarks/host_drift.py [--rounds 6] [--steps 15] [--json]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from e2llm_lite.stage import Stage
+
+
+def step_ms(stage: Stage, batch: int, steps: int, gen: torch.Generator) -> float:
+    """Median CPU ms of ``steps`` batched decode steps of ``batch`` sequences (ragged contexts
+    32, 72, 112, ... tokens, as in ``runtime_concurrency.py``)."""
+    ids = list(range(batch))
+    for r in ids:
+        stage(torch.randn(1, 32 + 40 * r, stage.anatomy.hidden, generator=gen), request_id=r)
+    times = []
+    for _ in range(steps):
+        x = torch.randn(batch, 1, stage.anatomy.hidden, generator=gen)
+        t = time.thread_time()
+        stage.forward_batch(x, ids)
+        times.append((time.thread_time() - t) * 1e3)
+    stage.free()
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=6, help="rounds (each times every batch size)")
+    ap.add_argument("--steps", type=int, default=15, help="decode steps per batch size and round")
+    ap.add_argument("--batches", default="1,4,16", help="batch sizes, comma-separated")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.rounds < 2 or args.steps < 1 or not batches or min(batches) < 1:
+        sys.exit("host_drift: need --rounds >= 2, --steps >= 1 and batch sizes >= 1")
+    out = sys.stderr if args.json else sys.stdout
+    torch.set_num_threads(1)
+    stage = Stage.load(10, 20)
+    gen = torch.Generator().manual_seed(args.seed)
+    step_ms(stage, 1, 3, gen)                                    # warm up
+    rounds = {b: [] for b in batches}
+    t0 = time.monotonic()
+    for k in range(args.rounds):
+        for b in batches:
+            rounds[b].append(step_ms(stage, b, args.steps, gen))
+        print(f"round {k + 1} ({time.monotonic() - t0:5.1f} s): " + ", ".join(
+            f"B={b} {rounds[b][-1]:.1f} ms" for b in batches), file=out)
+    spread = {str(b): max(v) / min(v) - 1 for b, v in rounds.items()}
+    cv = {str(b): statistics.stdev(v) / statistics.mean(v) for b, v in rounds.items()}
+    for b in batches:
+        print(f"B={b:2d}: round medians {min(rounds[b]):.1f}-{max(rounds[b]):.1f} ms, spread "
+              f"{spread[str(b)]:+.1%}, cv {cv[str(b)]:.1%}", file=out)
+    print(f"{args.rounds} rounds in {time.monotonic() - t0:.0f} s", file=out)
+    if args.json:
+        print(json.dumps({"round_ms": {str(b): v for b, v in rounds.items()}, "spread": spread,
+                          "cv": cv, "steps": args.steps}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
