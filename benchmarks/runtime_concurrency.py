@@ -165,7 +165,8 @@ def main() -> None:
                           for n, c in rt.calibration.items()), file=out)
         for n, c in rt.calibration.items():   # each decode probe's factor (batch@context): its noise
             print(f"  {n} decode factors: " + " ".join(   # is the cost-model error's floor
-                f"{p['batch']}@{p['context']} {p['factor']:.2f}" for p in c["decode"]["points"]), file=out)
+                f"{p['batch']}@{p['context']} {p['factor']:.2f}{'*' if p['reprobed'] else ''}"
+                for p in c["decode"]["points"]) + "  (*: measured again, a spike)", file=out)
         rt.free(reset_stats=True)
 
         # 1. prefill pipelining

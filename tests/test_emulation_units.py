@@ -7,7 +7,7 @@ import pytest
 from e2llm_lite.errors import DeviceOOM
 from e2llm_lite.model import ANATOMY
 from e2llm_lite.memory import MIB, MemoryLedger
-from e2llm_lite.runtime.throttle import HostFactor, Throttle, auto_dilation
+from e2llm_lite.runtime.throttle import HostFactor, Throttle, auto_dilation, outlying
 
 
 def busy(ms):
@@ -30,6 +30,18 @@ def test_host_factor_interpolates_in_log_size_and_holds_outside_its_points():
     for bad in [(2, 16, 1.0), (0, 0, 1.0), (0, 16, 0.0), (0, 16, float("nan")), (1, 4, 1.0, -1)]:
         with pytest.raises(ValueError, match="bad calibration point"):
             f.add(*bad)
+
+
+def test_a_spike_off_its_neighbours_line_is_found():
+    """A probe timed in a slow spell of the host stands out of its neighbours' line."""
+    steady = [(1, 1.0), (2, 1.1), (3, 1.05), (4, 1.2), (8, 1.35), (16, 1.6)]
+    assert outlying(steady) == []
+    spiked = [(1, 1.0), (2, 1.1), (3, 1.05), (4, 1.2), (8, 2.9), (16, 1.6)]
+    assert outlying(spiked) == [4]
+    assert outlying([(1, 1.0), (2, 1.0), (4, 0.5)]) == [2]        # an end: against the next two
+    assert outlying([(1, 0.4), (2, 1.0), (4, 1.0)]) == [0]
+    assert outlying([(8, 1.0), (64, 5.0)]) == []                   # fewer than 3: no judging
+    assert outlying([(1, 3.0), (2, 1.0), (4, 1.0)], ratio=4) == []
 
 
 def test_a_decode_factor_follows_the_context_too():

@@ -46,7 +46,7 @@ from .ops import Completion, Operations
 from .pipeline import Pipeline, StagePlacement
 from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Mesh, Op, Outbox, Postbox, Receiver,
                        make_group, text_payload)
-from .throttle import auto_dilation
+from .throttle import auto_dilation, outlying
 from .zygote import start_worker
 
 CALIBRATION_TOKENS = (8, 24, 64, 160)   # prompt lengths a calibration times (a host's fixed per-step
@@ -741,7 +741,10 @@ class EmulatedCluster:
         ``speed * factor``, the factor interpolated between the probe sizes (and contexts)
         (:class:`~e2llm_lite.runtime.throttle.HostFactor`), so its device times are the
         profile's (the planner's and simulator's) up to the cost model's error between the
-        probes and the host's step-to-step noise.
+        probes and the host's step-to-step noise. A probe whose factor is a spike off the line
+        through its neighbours' (more than ``OUTLIER_RATIO`` = 1.5x either way,
+        :func:`~e2llm_lite.runtime.throttle.outlying`: a slow spell of the host while it ran)
+        is run once more on every device, and that measurement is kept.
 
         Each probe runs after an idle gap like the steps it stands for, because a host runs a
         step slower after it idled (on the test host a 16-token prefill took 106 ms after 0.1 s
@@ -755,7 +758,7 @@ class EmulatedCluster:
 
         Returns (and keeps in ``self.calibration``) per device and phase: ``points`` (each probe's
         size -- ``tokens``, or ``batch`` and ``context`` --, measured and predicted host ms,
-        factor) and ``factor`` (their geometric mean).
+        factor, ``reprobed``) and ``factor`` (their geometric mean).
         """
         if self.costmodel is None:
             self.costmodel = CostModel.load()
@@ -795,14 +798,26 @@ class EmulatedCluster:
                 n = self.cluster.devices[msg.src - 1].name
                 got = msg.payload.tolist()
                 size_of = {"batch": size, "context": context} if batch else {"tokens": size}
-                out[n][phase]["points"].append({**size_of, "host_ms": got[0],
-                                                "predicted_ms": preds[n], "factor": got[1]})
+                found[n][(phase, size, context)] = {**size_of, "host_ms": got[0],
+                                                    "predicted_ms": preds[n], "factor": got[1]}
 
+        found = {n: {} for n in names}
         for t in tokens:
             probe("prefill", t)
         for c in contexts:
             for b in batches:
                 probe("decode", b, c)
+        again = set()                         # a spike off its neighbours' line: measured again
+        for n in names:
+            for phase, c in [("prefill", 0)] + [("decode", c) for c in contexts]:
+                row = sorted((k[1], p["factor"]) for k, p in found[n].items()
+                             if k[0] == phase and k[2] == c)
+                again.update((phase, row[i][0], c) for i in outlying(row))
+        for phase, x, c in sorted(again):     # the new measurement replaces the old, whatever it says
+            probe(phase, x, c)
+        for n in names:
+            for key, point in found[n].items():
+                out[n][key[0]]["points"].append({**point, "reprobed": key in again})
         for n in names:
             dev = self.cluster.device(n)
             for phase, c in out[n].items():

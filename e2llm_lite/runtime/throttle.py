@@ -28,6 +28,36 @@ from dataclasses import dataclass, field
 
 OVERRUN_TOLERANCE = 0.05    # an overrun is real elapsed > target * (1 + 5 %) + OVERRUN_SLACK_S
 OVERRUN_SLACK_S = 0.0005
+OUTLIER_RATIO = 1.5         # a calibration point this many times off its neighbours' line is re-measured
+
+
+def outlying(points, ratio: float = OUTLIER_RATIO) -> list[int]:
+    """Indices of the calibration points ``(x, factor)`` (sorted by ``x`` >= 1, factors > 0; at
+    least 3) that are spikes: a factor more than ``ratio`` times above or below what its
+    neighbours say -- an inner point: the line, in log ``x``, through the one on each side; an end
+    point: its one neighbour. The worst spike is set aside and the rest judged again without it,
+    until none is left (a spike's neighbours are not spikes because of it). A slow spell of the
+    host during one probe makes such a spike (our reading of a run of 2026-12-04 that did not
+    print its probes: steps of B = 8 ran 2.2x too fast, those of B = 4 and 16 25-30 %); so can a
+    real quirk of the host, which a second measurement confirms."""
+    pts = [(math.log(x), f) for x, f in points]
+    keep, out = list(range(len(pts))), []
+
+    def off(j: int) -> float:                       # |log(factor / what the neighbours say)|
+        u, f = pts[keep[j]]
+        if j in (0, len(keep) - 1):
+            ref = pts[keep[1 if j == 0 else -2]][1]
+        else:
+            (u0, f0), (u1, f1) = pts[keep[j - 1]], pts[keep[j + 1]]
+            ref = f0 + (u - u0) * (f1 - f0) / (u1 - u0) if u1 != u0 else (f0 + f1) / 2
+        return abs(math.log(f / ref)) if ref > 0 else 0.0
+
+    while len(keep) >= 3:
+        worst = max(range(len(keep)), key=off)
+        if off(worst) <= math.log(ratio):
+            break
+        out.append(keep.pop(worst))
+    return sorted(out)
 
 
 def auto_dilation(speeds, concurrency: int = 1, cores: int = 2, margin: float = 1.5) -> float:
