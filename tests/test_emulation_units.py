@@ -38,7 +38,7 @@ def test_a_spike_off_its_neighbours_line_is_found():
     assert outlying(steady) == []
     spiked = [(1, 1.0), (2, 1.1), (3, 1.05), (4, 1.2), (8, 2.9), (16, 1.6)]
     assert outlying(spiked) == [4]
-    assert outlying([(1, 1.0), (2, 1.0), (4, 0.5)]) == [2]        # an end: against the next two
+    assert outlying([(1, 1.0), (2, 1.0), (4, 0.5)]) == [2]        # an end: against its one neighbour
     assert outlying([(1, 0.4), (2, 1.0), (4, 1.0)]) == [0]
     assert outlying([(8, 1.0), (64, 5.0)]) == []                   # fewer than 3: no judging
     assert outlying([(1, 3.0), (2, 1.0), (4, 1.0)], ratio=4) == []
