@@ -26,22 +26,7 @@ import time
 import torch
 
 from e2llm_lite.stage import Stage
-
-
-def step_ms(stage: Stage, batch: int, steps: int, gen: torch.Generator) -> float:
-    """Median CPU ms of ``steps`` batched decode steps of ``batch`` sequences (ragged contexts
-    32, 72, 112, ... tokens, as in ``runtime_concurrency.py``)."""
-    ids = list(range(batch))
-    for r in ids:
-        stage(torch.randn(1, 32 + 40 * r, stage.anatomy.hidden, generator=gen), request_id=r)
-    times = []
-    for _ in range(steps):
-        x = torch.randn(batch, 1, stage.anatomy.hidden, generator=gen)
-        t = time.thread_time()
-        stage.forward_batch(x, ids)
-        times.append((time.thread_time() - t) * 1e3)
-    stage.free()
-    return statistics.median(times)
+from runtime_concurrency import decode_step_ms   # (this folder: the same step it measures)
 
 
 def main() -> None:
@@ -59,12 +44,12 @@ def main() -> None:
     torch.set_num_threads(1)
     stage = Stage.load(10, 20)
     gen = torch.Generator().manual_seed(args.seed)
-    step_ms(stage, 1, 3, gen)                                    # warm up
+    decode_step_ms(stage, 1, 3, gen)                                    # warm up
     rounds = {b: [] for b in batches}
     t0 = time.monotonic()
     for k in range(args.rounds):
         for b in batches:
-            rounds[b].append(step_ms(stage, b, args.steps, gen))
+            rounds[b].append(decode_step_ms(stage, b, args.steps, gen))
         print(f"round {k + 1} ({time.monotonic() - t0:5.1f} s): " + ", ".join(
             f"B={b} {rounds[b][-1]:.1f} ms" for b in batches), file=out)
     spread = {str(b): max(v) / min(v) - 1 for b, v in rounds.items()}

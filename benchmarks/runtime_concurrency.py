@@ -119,21 +119,31 @@ def batch_scaling(cm, seed: int, steps: int = 6) -> tuple[dict, dict]:
     stage = Stage.load(10, 20)
     host, model = {}, {}
     for B in (1, 4, 8, 16):
-        ctxs = [32 + 40 * i for i in range(B)]
-        ids = list(range(B))
-        g = torch.Generator().manual_seed(seed)
-        for r, c in zip(ids, ctxs):
-            stage(torch.randn(1, c, 576, generator=g), request_id=r)
-        times = []
-        for _ in range(steps):
-            x = torch.randn(B, 1, 576, generator=g)
-            t = time.thread_time()
-            stage.forward_batch(x, ids)
-            times.append(time.thread_time() - t)
-        stage.free()
-        host[str(B)] = statistics.median(times)
-        model[str(B)] = cm.host_stage_ms(10, 20, "decode", batch=B, context=int(statistics.mean(ctxs)))
+        host[str(B)] = decode_step_ms(stage, B, steps, torch.Generator().manual_seed(seed))
+        model[str(B)] = cm.host_stage_ms(10, 20, "decode", batch=B,
+                                         context=int(statistics.mean(decode_contexts(B))))
     return ({b: host[b] / host["1"] for b in host}, {b: model[b] / model["1"] for b in model})
+
+
+def decode_contexts(batch: int) -> list[int]:
+    """The ragged contexts of a measured decode batch: 32, 72, 112, ... tokens."""
+    return [32 + 40 * i for i in range(batch)]
+
+
+def decode_step_ms(stage: Stage, batch: int, steps: int, gen: torch.Generator) -> float:
+    """Median CPU ms (this thread) of ``steps`` batched decode steps of ``batch`` sequences at
+    :func:`decode_contexts` through ``stage``, in this process; its caches are freed after."""
+    ids = list(range(batch))
+    for r, c in zip(ids, decode_contexts(batch)):
+        stage(torch.randn(1, c, stage.anatomy.hidden, generator=gen), request_id=r)
+    times = []
+    for _ in range(steps):
+        x = torch.randn(batch, 1, stage.anatomy.hidden, generator=gen)
+        t = time.thread_time()
+        stage.forward_batch(x, ids)
+        times.append((time.thread_time() - t) * 1e3)
+    stage.free()
+    return statistics.median(times)
 
 
 def main() -> None:
