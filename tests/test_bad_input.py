@@ -224,7 +224,8 @@ def test_a_worker_refuses_a_malformed_message_and_stops(h, words):
     from e2llm_lite.runtime.protocol import TAG, Op
 
     with EmulatedCluster(default_cluster(1)) as rt:
-        rt.pg.send([torch.tensor(h, dtype=torch.int64)], 1, TAG).wait()
+        pg, dst = rt.mesh.route(1)   # the driver's pair with the worker of rank 1
+        pg.send([torch.tensor(h, dtype=torch.int64)], dst, TAG).wait()
         msg = rt.dispatch.unrouted.get(timeout=20)
         assert msg.op == Op.ERROR and words in msg.text, msg.text
         rt.procs[0].wait(timeout=10)

@@ -12,10 +12,11 @@ taking another's reply:
 * any other ``ERROR`` -> where its success would have gone: the worker names the op that failed
   (header ``b``); a failed ``FWD`` goes to its request,
   anything else to that op's acks; an error tied to no op (a malformed message) goes to
-  :attr:`unrouted` and to every waiter;
-* the connection breaking (``None``) -> every queue, so nobody waits for a dead worker.
+  :attr:`unrouted` and to every waiter.
 
-Waiting itself (with timeouts and the check that every worker is alive) is the driver's.
+Waiting itself (with timeouts and the check that every worker is alive) is the driver's: a
+broken pair names its device (see :class:`~e2llm_lite.runtime.protocol.Mesh`), and the driver
+fails the operations that involve it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ class Dispatcher:
         self._results: dict[int, queue.Queue] = {}
         self._acks: dict[int, queue.Queue] = defaultdict(queue.Queue)
         self.unrouted: queue.Queue = queue.Queue()
-        self.broken = False
 
     def expect(self, request: int, sink: queue.Queue | None = None) -> queue.Queue:
         """Register a waiter for request ``request``'s RESULT (into ``sink`` if given, a queue
@@ -46,8 +46,6 @@ class Dispatcher:
             if request in self._results:
                 raise ValueError(f"request {request} already has an operation in flight")
             q = self._results[request] = sink if sink is not None else queue.Queue()
-            if self.broken:
-                q.put(None)
             return q
 
     def outstanding(self) -> list[int]:
@@ -63,21 +61,11 @@ class Dispatcher:
     def acks(self, op: Op) -> queue.Queue:
         """The queue of replies (ACK or ERROR) to ``op``."""
         with self._lock:
-            q = self._acks[int(op)]
-            if self.broken and q.empty():
-                q.put(None)
-            return q
+            return self._acks[int(op)]
 
-    def route(self, msg: Message | None) -> None:
-        """File one message (None: the connection broke)."""
+    def route(self, msg: Message) -> None:
+        """File one message."""
         with self._lock:
-            if msg is None:
-                self.broken = True
-                for q in {id(q): q for q in list(self._results.values())
-                          + list(self._acks.values())}.values():
-                    q.put(None)
-                self.unrouted.put(None)
-                return
             named = self._results.get(msg.e) if msg.e else None
             if msg.op in (Op.RESULT, Op.STEP):
                 target = named or self._results.get(msg.request)

@@ -1,11 +1,14 @@
 """The driver: starts one worker process per device, places layer slices, runs pipelines.
 
-``EmulatedCluster(cluster)`` is rank 0 of a gloo group whose ranks 1..N are the cluster's
-devices (device ``i`` is rank ``i + 1``). On one machine it spawns the workers itself: they meet
-through a file in a private temporary folder (no rendezvous socket) and the group's sockets listen
-on 127.0.0.1 only. With ``spawn=False`` it waits for N workers started elsewhere with
+``EmulatedCluster(cluster)`` is rank 0 of a cluster whose ranks 1..N are the cluster's devices
+(device ``i`` is rank ``i + 1``); every two processes talk over a gloo group of their own, so a
+worker that dies (even in the middle of a message) breaks only its own links
+(:class:`~e2llm_lite.runtime.protocol.Mesh`). On one machine it spawns the workers itself: the
+pairs meet through files in a private temporary folder (no rendezvous socket) and their sockets
+listen on 127.0.0.1 only. With ``spawn=False`` it waits for N workers started elsewhere with
 ``e2llm-lite worker`` (MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE); then the driver's TCPStore
-listens on every interface of this machine (see :func:`~e2llm_lite.runtime.protocol.make_group`). Use it as a context manager: every worker is
+listens on every interface of this machine (see :func:`~e2llm_lite.runtime.protocol.open_store`).
+Use it as a context manager: every worker is
 stopped on success, on error and on Ctrl-C, and a worker that dies is reported within about a
 second instead of being waited on.
 
@@ -45,7 +48,7 @@ from .limits import CONNECT_TIMEOUT_S, INTERRUPTED, MAX_DILATION
 from .ops import Completion, Operations
 from .pipeline import Pipeline, StagePlacement
 from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Mesh, Op, Outbox, Postbox, Receiver,
-                       make_group, text_payload)
+                       make_group, open_store, pair_meeting, text_payload)
 from .throttle import auto_dilation, outlying
 from .zygote import start_worker
 
@@ -130,8 +133,9 @@ class EmulatedCluster:
         self.procs: list = []                     # the spawned workers, in the order started
         self._proc_of: dict[int, object] = {}     # rank -> its spawned worker
         self.mesh = Mesh()
-        self.receivers: list[Receiver] = []       # one per pair with a device that joined
-        self.pg = self.store = self.receiver = None
+        self.receivers: list[Receiver] = []       # one per pair with a worker
+        self.store = None                         # a multi-host run's rendezvous TCPStore
+        self._linked = False                      # paired up with the workers, not stopped
         self.dispatch = Dispatcher()
         self.outbox: Outbox | None = None         # one sender thread per worker (after start)
         self._done: queue.Queue = queue.Queue()   # replies to submitted forwards (poll)
@@ -158,27 +162,64 @@ class EmulatedCluster:
         try:
             if self.spawn:  # a fresh interpreter per device: works from scripts, notebooks and tests
                 self._tmp = tempfile.mkdtemp(prefix="e2llm-")
-                group = dict(store_file=os.path.join(self._tmp, "store"), bind="127.0.0.1")
                 for r in self.members[1:]:
-                    argv = ["--rank", str(r), "--world", str(self.world), "--store-file",
-                            group["store_file"], "--connect-timeout", f"{self.connect_timeout_s:g}",
-                            "--local", "--members", ",".join(map(str, self.members))]
+                    argv = ["--rank", str(r), "--world", str(self.world), "--pair-dir", self._tmp,
+                            "--connect-timeout", f"{self.connect_timeout_s:g}", "--local",
+                            "--members", ",".join(map(str, self.members))]
                     self.procs.append(start_worker(argv, self.connect_timeout_s))
                     self._proc_of[r] = self.procs[-1]
             else:
-                group = dict(addr=self.addr, port=self.port, bind=os.environ.get("E2LLM_BIND_ADDR") or None)
-            self.store, self.pg = self._join(group)
-            self.store.set("e2llm/driver", "1")
-            self.mesh.add(self.pg, self.members)
+                self.store = open_store(self.addr, self.port, self.members, self.connect_timeout_s)
+                self.store.set("e2llm/driver", "1")
+            where = "" if self.spawn else f" at {self.addr}:{self.port}"
+            self._pair_with(self.members[1:], self._tmp,
+                            f"the {len(self.members) - 1} device workers did not join{where}")
             self.outbox = Outbox(self.mesh, 0)
+            self._linked = True
             self.t0 = time.monotonic()
-            self.receiver = Receiver(self.pg, self.postbox, world=self.world, members=self.members)
             threading.Thread(target=self._postman, name="e2llm-postman", daemon=True).start()
             self._set_up(self.members[1:])
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _pair_with(self, ranks: list[int], pair_dir: str | None, failure: str) -> None:
+        """Pair up with the worker of each of ``ranks``, side by side (bounded by
+        ``connect_timeout_s``, see :meth:`_in_time`): a gloo group of two each, a route to it
+        and a receiver that, if the pair breaks, marks that device dead (:meth:`_lost`)."""
+        bind = "127.0.0.1" if self.spawn else os.environ.get("E2LLM_BIND_ADDR") or None
+
+        def make():
+            made: dict[int, object] = {}
+            errors: dict[int, BaseException] = {}
+
+            def one(r):
+                try:
+                    made[r] = make_group(0, 2, max(self.timeout_s, 30.0), bind=bind,
+                                         connect_timeout_s=self.connect_timeout_s,
+                                         **pair_meeting(0, r, pair_dir, self.store))[1]
+                except Exception as e:  # noqa: BLE001 - named below
+                    errors[r] = e
+
+            threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in ranks]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(self.connect_timeout_s + 5.0)
+            missing = [r for r in ranks if r not in made]
+            if missing:
+                why = errors.get(missing[0])
+                raise ConnectionError(f"rank(s) {', '.join(map(str, missing))} did not pair up"
+                                      + (f" ({why})" if why else ""))
+            return made
+
+        made = self._in_time(make, failure, ranks=ranks)
+        for r in ranks:
+            name = self.cluster.devices[r - 1].name
+            self.mesh.add(made[r], [0, r])
+            self.receivers.append(Receiver(made[r], self.postbox, world=self.world, members=[0, r],
+                                           report=False, on_error=lambda e, n=name: self._lost(n, e)))
 
     def _set_up(self, ranks: list[int]) -> None:
         """Tell the workers of ``ranks`` their device, the clock and their links; wait for them."""
@@ -203,7 +244,7 @@ class EmulatedCluster:
         flight go on meanwhile. It holds no layers yet (load a pipeline on it). Bounded by
         ``connect_timeout_s``; raises :class:`WorkerDied` if it does not come up."""
         name = self.cluster.device(device).name
-        if self.pg is None or self._stopped:
+        if not self._linked or self._stopped:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
         if name not in self.absent:
             raise ValueError(f"device {name!r} is up already: only an absent device can join")
@@ -222,18 +263,10 @@ class EmulatedCluster:
         for p in peers[1:]:   # they pair up on threads of their own, serving meanwhile
             self._send(p, Op.PEER, a=r, payload=text_payload(pair_dir or " "))
         try:
-            kw = (dict(store_file=os.path.join(pair_dir, f"pair-{r}-0"), bind="127.0.0.1")
-                  if self.spawn else dict(store=self.store, prefix=f"e2llm/pair/{r}-0/",
-                                          bind=os.environ.get("E2LLM_BIND_ADDR") or None))
-            _, pg = self._in_time(lambda: make_group(0, 2, max(self.timeout_s, 30.0),
-                                                     connect_timeout_s=self.connect_timeout_s, **kw),
-                                  f"device {name!r} did not join", ranks=[r])
+            self._pair_with([r], pair_dir, f"device {name!r} did not join")
         except BaseException:
             self._abandon(r)
             raise
-        self.mesh.add(pg, [0, r])
-        self.receivers.append(Receiver(pg, self.postbox, world=self.world, members=[0, r], report=False,
-                                       on_error=lambda e, n=name: self._lost(n, e)))
         self.absent.discard(name)
         try:
             self._paired(r, peers[1:])
@@ -259,7 +292,7 @@ class EmulatedCluster:
             try:
                 m = self._take(q, timeout_s=0.5, ranks=[joiner])
             except WorkerDied:
-                if self.cluster.devices[joiner - 1].name in self.dead or self._wire_error:
+                if self.cluster.devices[joiner - 1].name in self.dead:
                     raise
                 continue                     # a quiet half second
             if m.op == Op.ERROR:
@@ -276,19 +309,15 @@ class EmulatedCluster:
         self.absent.add(name)
 
     def _lost(self, name: str, error: BaseException) -> None:
-        """The pair with a device that joined broke: its worker is gone (a multi-host one is
-        found this way; a spawned one by its exit too)."""
+        """The pair with device ``name`` broke: its worker is gone (a multi-host one is found
+        this way; a spawned one by its exit too, which names the exit code: waited for briefly)."""
+        proc = self._proc_of.get(self.rank(name))
+        if proc is not None:
+            _wait(proc, 0.5)
+        self._scan_dead()
         if name not in self.dead and not self._stopped:
             self.dead[name] = f"the worker of device {name!r} lost its connection ({str(error)[:80]})"
             self.died_s[name] = self.now_s()
-
-    def _join(self, group: dict):
-        """Join the group of the devices up at the start (see :meth:`_in_time`)."""
-        where = "" if self.spawn else f" at {self.addr}:{self.port}"
-        return self._in_time(lambda: make_group(0, len(self.members), max(self.timeout_s, 30.0),
-                                                connect_timeout_s=self.connect_timeout_s,
-                                                members=self.members, **group),
-                             f"the {len(self.members) - 1} device workers did not join{where}")
 
     def _in_time(self, make, failure: str, ranks=None):
         """Form a group (``make()``) on a helper thread, so that Ctrl-C reaches this one at once
@@ -330,19 +359,14 @@ class EmulatedCluster:
             return
         self._stopped = True
         _live.discard(self)
-        # the workers still alive are asked to stop; a multi-host group that lost its
-        # connection is broken (the others may be stuck mid-step): no polite wait then
+        # the workers still alive are asked to stop (each pair's receiver ends on its echo)
         self._scan_dead()
-        broken = self.receiver is not None and self.receiver.error is not None
-        live = [] if broken else self.live_ranks
-        if self.pg is not None and live:  # ask every live worker to stop; never wait long on one
-            if self.receiver is not None:  # it ends once every live worker has echoed its STOP
-                self.receiver.stops = len([r for r in live if r in self.members])
-            for r in live:
-                self._post(r, Op.STOP, {"timeout_s": 1.0})   # after what is queued
-            deadline = time.monotonic() + timeout_s
-            for p in self.procs:
-                _wait(p, deadline - time.monotonic())
+        live = self.live_ranks if self._linked else []
+        for r in live:
+            self._post(r, Op.STOP, {"timeout_s": 1.0})   # after what is queued
+        deadline = time.monotonic() + timeout_s
+        for p in self.procs if live else []:   # never wait long on one
+            _wait(p, deadline - time.monotonic())
         for p in self.procs:
             if p.poll() is None:
                 p.terminate()
@@ -350,16 +374,14 @@ class EmulatedCluster:
             if p.poll() is None:
                 p.kill()
                 _wait(p, 1.0)
-        for rc in [self.receiver, *self.receivers]:  # end on the STOP echoes; never left blocked in gloo
-            if rc is not None:
-                rc.thread.join(1.0)
-        if self.outbox is not None:   # senders done before the group goes
+        for rc in self.receivers:  # end on the STOP echoes; never left blocked in gloo
+            rc.thread.join(1.0)
+        if self.outbox is not None:   # senders done before the groups go
             self.outbox.close(2.0 if live and not self.dead else 0.5)
-        if self.pg is not None:
-            self.mesh.shutdown()
+        self.mesh.shutdown()
         # let go of every group and the store: a multi-host driver's TCPStore listens on every
         # interface for as long as anything holds it
-        self.pg = self.store = self.receiver = None
+        self.store, self._linked = None, False
         self.mesh, self.receivers = Mesh(), []
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -370,7 +392,7 @@ class EmulatedCluster:
         the worker takes the message, and a busy worker takes it only between steps. One thread
         per worker keeps that worker's messages in order (a header and its payload together);
         a worker that died is noticed by whoever waits for its reply."""
-        if self.pg is None or self._stopped:
+        if not self._linked or self._stopped:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
         self._post(rank, op, kw)
 
@@ -391,11 +413,8 @@ class EmulatedCluster:
                 msg = self.postbox.get(0.25)
             except queue.Empty:
                 continue
-            if msg is not None:
-                msg.arrived = time.monotonic()
+            msg.arrived = time.monotonic()
             self.dispatch.route(msg)
-            if msg is None:
-                return
 
     def kill(self, device: str) -> None:
         """Fault injection: SIGKILL ``device``'s worker (a spawned one), as if the device lost
@@ -428,12 +447,6 @@ class EmulatedCluster:
                 raise WorkerDied(self.dead[name])
 
     @property
-    def _wire_error(self) -> BaseException | None:
-        """Why the main group's receiver stopped (None: it did not fail, or the cluster stopped)."""
-        rc = self.receiver
-        return None if rc is None else rc.error
-
-    @property
     def up_ranks(self) -> list[int]:
         """The ranks of the devices that have a worker (up at the start, or joined since)."""
         return [r for r in range(1, self.world) if self.cluster.devices[r - 1].name not in self.absent]
@@ -445,9 +458,9 @@ class EmulatedCluster:
 
     def _take(self, q: queue.Queue, timeout_s: float | None = None, ranks=None):
         """The next message of ``q`` (a :class:`Dispatcher` queue); a worker of ``ranks`` (default:
-        any) that died, a broken connection or ``timeout_s`` (default: the cluster's) raises
+        any) that died (or whose pair broke) or ``timeout_s`` (default: the cluster's) raises
         WorkerDied instead."""
-        if self._stopped or self.receiver is None:
+        if self._stopped or not self._linked:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         while True:
@@ -459,10 +472,6 @@ class EmulatedCluster:
                 if time.monotonic() > deadline:
                     raise WorkerDied(f"no reply from the workers within {timeout_s or self.timeout_s:.0f} s")
                 continue
-            if msg is None:
-                q.put(None)   # every later reader hears it too
-                self._check_alive()
-                raise WorkerDied(f"lost the connection to a worker: {self._wire_error}")
             return msg
 
     def _raise(self, msg) -> None:
@@ -502,7 +511,7 @@ class EmulatedCluster:
     def _register(self, opid: int, kind: str, pipeline: str, requests, ranks=(), **kw) -> None:
         """Track operation ``opid`` (involving the workers ``ranks``) before its first message
         leaves (its replies go to poll); WorkerDied at once if one of them is known dead."""
-        if self._stopped or self.receiver is None:
+        if self._stopped or not self._linked:
             raise E2LLMError("the emulated cluster is not running (start it, or use `with`)")
         if ranks:
             self._check_alive(ranks)
@@ -525,8 +534,9 @@ class EmulatedCluster:
         A worker that dies (spawned workers: its process is checked every ``SCAN_EVERY_S``) is
         reported once by a completion of kind ``"died"`` naming the device, followed by a failed
         completion (WorkerDied naming the device and the requests) for every outstanding
-        operation that involves it; the other workers go on serving. A broken connection (a
-        multi-host group) fails *every* outstanding operation. Nothing is waited on forever."""
+        operation that involves it; the other workers go on serving (every two processes talk
+        over a pair of their own: a multi-host worker's broken pair is found the same way).
+        Nothing is waited on forever."""
         out: list[Completion] = []
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         while not out:
@@ -540,9 +550,6 @@ class EmulatedCluster:
                     return out
                 continue
             while True:
-                if msg is None:
-                    return out + self._deaths() + self._fail_outstanding(WorkerDied(
-                        f"lost the connection to a worker: {self._wire_error}"))
                 done = self._collect(msg)
                 if done is not None:
                     out.append(done)
@@ -604,11 +611,6 @@ class EmulatedCluster:
     def outstanding(self) -> list[int]:
         """Operations submitted and not polled yet (a forward's id is its request)."""
         return list(self.ops.ops)
-
-    def _fail_outstanding(self, error: BaseException) -> list[Completion]:
-        for opid in list(self.ops.ops):
-            self.dispatch.done(opid)
-        return self.ops.fail_all(error)
 
     def submit_move_kv(self, request: int, src: "Pipeline", dst: "Pipeline") -> int:
         """Start handing a request's KV cache from ``src``'s devices to ``dst``'s and return its

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import enum
 import heapq
+import os
 import queue
 import threading
 import time
@@ -113,37 +114,27 @@ class Message:
 
 
 def make_group(rank: int, world: int, timeout_s: float, *, store_file: str | None = None,
-               addr: str = "127.0.0.1", port: int | None = None, bind: str | None = "127.0.0.1",
-               connect_timeout_s: float = CONNECT_TIMEOUT_S, store=None, prefix: str = "",
-               members=None):
-    """Join the gloo group of ``world`` ranks; returns (store, process group).
-
-    ``rank`` and ``world`` are the group's own (a group of some of the devices, or a pair: see
-    :class:`Mesh`). ``store`` (with ``prefix``): meet through this existing store under that
-    prefix instead (a device that joins a running cluster pairs up with each member this way).
-    ``members``: rank 0 of a multi-host group publishes them (the global ranks up at the start,
-    key ``e2llm/members``) for the workers started by hand (:func:`group_members`).
+               bind: str | None = "127.0.0.1", connect_timeout_s: float = CONNECT_TIMEOUT_S,
+               store=None, prefix: str = ""):
+    """Join the gloo group of ``world`` ranks (``rank`` and ``world`` are the group's own: every
+    group of the runtime is a pair, see :class:`Mesh`); returns (store, process group).
 
     Rendezvous: with ``store_file`` (one machine) through a FileStore in that file — no socket
-    listens for it; else (several machines) through the TCPStore rank 0 hosts at ``addr:port``,
-    which listens on *every* interface of rank 0's machine (torch's TCPStore cannot be bound to
-    one address) and has no authentication: run multi-host only on a network you trust.
-    ``bind``: the address gloo's own sockets listen on (loopback by default; None: torch's choice,
-    the address the host name resolves to). ``timeout_s`` bounds every message wait of the group;
-    ``connect_timeout_s`` bounds the rendezvous.
+    listens for it; else through ``store`` (the driver's TCPStore of a multi-host run, see
+    :func:`open_store`) under ``prefix``. ``bind``: the address gloo's own sockets listen on
+    (loopback by default; None: torch's choice, the address the host name resolves to).
+    ``timeout_s`` bounds every message wait of the group; ``connect_timeout_s`` the rendezvous.
     """
     import torch.distributed as dist
 
     connect = datetime.timedelta(seconds=connect_timeout_s)
-    if store is not None:
-        store = dist.PrefixStore(prefix, store) if prefix else store
-    elif store_file:
+    if store_file:
         store = dist.FileStore(store_file, world)
         store.set_timeout(connect)
-    else:
-        store = dist.TCPStore(addr, port, world, rank == 0, timeout=connect, wait_for_workers=False)
-        if rank == 0:
-            store.set("e2llm/members", ",".join(map(str, members or range(world))))
+    elif store is None:
+        raise ValueError("make_group needs a store_file or a store to meet through")
+    elif prefix:
+        store = dist.PrefixStore(prefix, store)
     opts = dist.ProcessGroupGloo._Options()
     opts._timeout = datetime.timedelta(seconds=timeout_s)
     opts._devices = [dist.ProcessGroupGloo.create_device(hostname=bind) if bind
@@ -163,6 +154,40 @@ def make_group(rank: int, world: int, timeout_s: float, *, store_file: str | Non
         failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     store = None
     raise ConnectionError(failure)
+
+
+def pair_meeting(first: int, second: int, pair_dir: str | None = None, store=None) -> dict:
+    """Where the pair of global ranks ``first`` (group rank 0) and ``second`` (group rank 1)
+    meets: :func:`make_group` keywords for the file ``pair_dir/pair-<second>-<first>`` (workers on
+    this machine) or the prefix ``e2llm/pair/<second>-<first>/`` of the driver's ``store``, through
+    a client of its own (a TCPStore client is one socket: pairs form side by side, on threads)."""
+    if pair_dir is not None:
+        return dict(store_file=os.path.join(pair_dir, f"pair-{second}-{first}"))
+    return dict(store=store.clone(), prefix=f"e2llm/pair/{second}-{first}/")
+
+
+def start_pairs(me: int, members) -> list[tuple[int, int]]:
+    """The pairs rank ``me`` forms at the start with the other ``members``: (first, second) with
+    the lower rank first (so both ends name the same pair)."""
+    return [(min(me, r), max(me, r)) for r in members if r != me]
+
+
+def open_store(addr: str, port: int, members, connect_timeout_s: float = CONNECT_TIMEOUT_S):
+    """The driver of a multi-host run hosts the rendezvous TCPStore at ``addr:port`` and publishes
+    the global ranks up at the start (key ``e2llm/members``) for the workers started by hand
+    (:func:`group_members`). The store listens on *every* interface of the driver's machine
+    (torch's TCPStore cannot be bound to one address) and has no authentication: run multi-host
+    only on a network you trust."""
+    import torch.distributed as dist
+
+    try:
+        store = dist.TCPStore(addr, port, None, True, timeout=datetime.timedelta(seconds=connect_timeout_s),
+                              wait_for_workers=False)
+    except Exception as e:  # the port is taken, the address is not this machine's, ...
+        raise ConnectionError(f"cannot host the rendezvous store at {addr}:{port} "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    store.set("e2llm/members", ",".join(map(str, members)))
+    return store
 
 
 def group_members(addr: str, port: int, rank: int, connect_timeout_s: float = CONNECT_TIMEOUT_S):
@@ -323,10 +348,12 @@ class Postbox:
 class Mesh:
     """The gloo groups one process talks over, and which one reaches each (global) rank.
 
-    The cluster's ranks are fixed (the driver 0, device ``i`` rank ``i + 1``). The devices up at
-    the start form one group (their group ranks in rank order); a device that joins later pairs
-    up with every live member in a group of two each (a gloo group's members are fixed when it
-    forms). A message to rank ``r`` goes over the group that holds it, as that group's rank."""
+    The cluster's ranks are fixed (the driver 0, device ``i`` rank ``i + 1``). Every two
+    processes talk over a gloo group of their own, a pair: one that breaks (its peer died, even
+    in the middle of a message) names that peer and leaves every other link working, and a
+    device that joins later pairs up with every live member the same way (a gloo group's
+    members are fixed when it forms). A message to rank ``r`` goes over the group that holds
+    it, as that group's rank."""
 
     def __init__(self):
         self._where: dict[int, tuple] = {}   # global rank -> (process group, its rank there)

@@ -23,6 +23,7 @@ from .guard import die_with_parent  # noqa: E402  (imports nothing heavy)
 if __name__ == "__main__" and "--local" in sys.argv:   # a spawned worker: before importing torch
     die_with_parent(int(sys.argv[sys.argv.index("--parent") + 1]) if "--parent" in sys.argv else None)
 
+import datetime  # noqa: E402
 import math  # noqa: E402
 import queue  # noqa: E402
 import threading  # noqa: E402
@@ -40,7 +41,7 @@ from ..stage import Stage  # noqa: E402
 from .limits import CONNECT_TIMEOUT_S  # noqa: E402
 from .protocol import (TRACE_COLS, BadMessage, ErrorKind, Mesh, Message, Op,  # noqa: E402
                        Outbox, Postbox, Receiver, as_payload, group_members, make_group,
-                       message_bytes, text_payload)
+                       message_bytes, pair_meeting, start_pairs, text_payload)
 from .throttle import HostFactor, Throttle  # noqa: E402
 
 PHASES = ("prefill", "decode")
@@ -65,12 +66,13 @@ class Worker:
 
     def __init__(self, rank: int, world: int, timeout_s: float, parent: int | None = None,
                  members=None, peers=None, pair_dir: str | None = None, **group):
-        """``members``: the global ranks of the group formed at the start, in order (default:
-        all ``world``). ``peers``: instead, this device joins a running cluster: it pairs up with
-        each of these ranks (the driver first) in a group of two, meeting through a file of
-        ``pair_dir`` (``pair-<this rank>-<peer>``) or the driver's store (``group``'s addr/port);
-        ``"ask"``: a worker started by hand waits in the driver's store until the driver lets its
-        device join (:meth:`EmulatedCluster.join`) and names them."""
+        """``members``: the global ranks up at the start (default: all ``world``); this device
+        pairs up with each of them in a group of two (:class:`Mesh`). ``peers``: instead, this
+        device joins a running cluster and pairs up with each of these ranks (the driver first).
+        Pairs meet through files of ``pair_dir`` (:func:`pair_meeting`; workers the driver
+        spawned) or the driver's store at ``group``'s addr/port (started by hand; the driver
+        names the members). ``peers="ask"``: a worker started by hand waits in the driver's store
+        until the driver lets its device join (:meth:`EmulatedCluster.join`) and names them."""
         self.rank, self.world, self.parent = rank, world, parent
         self.timeout_s = timeout_s
         self.connect_timeout_s = group.get("connect_timeout_s", CONNECT_TIMEOUT_S)
@@ -81,22 +83,20 @@ class Worker:
         self.group_lock = threading.Lock()
         self.mesh = Mesh()
         self.groups: list[tuple] = []          # (process group, members, a broken one is fatal)
-        if peers is None:
-            if members is None and "addr" in group:   # started by hand: the driver says who is up
-                client, members = group_members(group["addr"], group["port"], rank,
-                                                self.connect_timeout_s)
-                group = dict(store=client, bind=self.bind, connect_timeout_s=self.connect_timeout_s)
-            members = list(range(world)) if members is None else [int(r) for r in members]
-            self.store, pg = make_group(members.index(rank), len(members), timeout_s, **group)
-            self._add_group(pg, members, fatal=True)
-        else:
-            self.store = None
-            if pair_dir is None:   # a multi-host join: pairs meet through the driver's store
-                import datetime
-
+        self.store = None
+        if pair_dir is None:   # started by hand: every pair meets in the driver's store
+            if peers is None:
+                self.store, members = group_members(group["addr"], group["port"], rank,
+                                                    self.connect_timeout_s)
+            else:
                 import torch.distributed as dist
+
                 self.store = dist.TCPStore(group["addr"], group["port"], is_master=False,
                                            timeout=datetime.timedelta(seconds=self.connect_timeout_s))
+        if peers is None:   # up at the start: every pair must form
+            members = list(range(world)) if members is None else [int(r) for r in members]
+            self._pair_up(start_pairs(rank, members), pair_dir, required=True)
+        else:
             if peers == "ask":   # started by hand: wait for the driver to let this device in
                 self.store.set(f"e2llm/join/{rank}/ask", "1")
                 key = f"e2llm/join/{rank}/peers"
@@ -105,20 +105,8 @@ class Worker:
             peers = [int(p) for p in peers]
             # the driver first (it tells the others to pair up), then the others side by side;
             # a pair that does not form (that device died meanwhile) is left out
-            self._add_group(self._pair(peers[0], rank, pair_dir), [peers[0], rank], fatal=True)
-
-            def pair(p):
-                try:
-                    self._add_group(self._pair(p, rank, pair_dir), [p, rank], fatal=False)
-                except Exception as e:  # noqa: BLE001 - that device is unreachable
-                    print(f"e2llm-lite worker {rank}: no pair with rank {p} ({str(e)[:80]})",
-                          file=sys.stderr)
-
-            threads = [threading.Thread(target=pair, args=(p,), daemon=True) for p in peers[1:]]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(self.connect_timeout_s + 5.0)
+            self._pair_up([(peers[0], rank)], pair_dir, required=True)
+            self._pair_up([(p, rank) for p in peers[1:]], pair_dir, required=False)
         self.name = f"rank{rank}"
         self.throttle = Throttle()
         self.links = np.zeros((world, 2))      # (Mbit/s, ms) to each rank; 0 Mbit/s = free
@@ -141,15 +129,38 @@ class Worker:
         self.lock = threading.RLock()             # link bookings, counters, the memory ledger
         self.outbox = Outbox(self.mesh, rank)
 
-    def _pair(self, member: int, joiner: int, pair_dir: str | None):
-        """The group of two of ``member`` (group rank 0) and ``joiner`` (1), one of them this
-        device: through the file ``pair_dir/pair-<joiner>-<member>``, or the driver's store."""
-        kw = dict(connect_timeout_s=self.connect_timeout_s, bind=self.bind)
-        if pair_dir is not None:
-            kw["store_file"] = os.path.join(pair_dir, f"pair-{joiner}-{member}")
-        else:
-            kw.update(store=self.store, prefix=f"e2llm/pair/{joiner}-{member}/")
-        return make_group(int(joiner == self.rank), 2, self.timeout_s, **kw)[1]
+    def _pair(self, first: int, second: int, pair_dir: str | None):
+        """The group of two of global ranks ``first`` (group rank 0) and ``second`` (1), one of
+        them this device (:func:`pair_meeting`)."""
+        kw = pair_meeting(first, second, pair_dir, self.store)
+        return make_group(int(second == self.rank), 2, self.timeout_s,
+                          connect_timeout_s=self.connect_timeout_s, bind=self.bind, **kw)[1]
+
+    def _pair_up(self, pairs: list[tuple[int, int]], pair_dir: str | None, required: bool) -> None:
+        """Form ``pairs`` ((first, second) global ranks) side by side, each bounded by the
+        connect timeout. A pair with the driver is fatal once broken (the driver is gone), one
+        with a device only dropped. ``required``: a pair that does not form raises
+        ConnectionError naming its peer; else it is left out (that device died meanwhile)."""
+        failed: dict[int, str] = {}
+
+        def pair(first, second):
+            peer = first if second == self.rank else second
+            try:
+                self._add_group(self._pair(first, second, pair_dir), [first, second], fatal=peer == 0)
+            except Exception as e:  # noqa: BLE001 - that device is unreachable
+                failed[peer] = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+
+        threads = [threading.Thread(target=pair, args=p, daemon=True) for p in pairs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.connect_timeout_s + 5.0)
+        failed.update({p[0] if p[1] == self.rank else p[1]: "no answer" for p, t in zip(pairs, threads)
+                       if t.is_alive()})
+        for peer, why in sorted(failed.items()):
+            if required:
+                raise ConnectionError(f"no pair with rank {peer} ({why})")
+            print(f"e2llm-lite worker {self.rank}: no pair with rank {peer} ({why})", file=sys.stderr)
 
     def _add_group(self, pg, members: list[int], fatal: bool) -> None:
         """Reach ``members`` through ``pg``; once serving, also listen on it (thread-safe)."""
@@ -306,8 +317,7 @@ class Worker:
 
         def pair():
             try:
-                pg = self._pair(self.rank, m.a, pair_dir)
-                self._add_group(pg, [self.rank, m.a], fatal=False)
+                self._pair_up([(self.rank, m.a)], pair_dir, required=True)
                 self.post(0, Op.ACK, a=int(Op.PEER), b=m.a, e=m.e)
             except Exception as e:  # noqa: BLE001 - reported to the driver
                 self.reply_error(m.request, e, m.op, m.e)
@@ -513,29 +523,27 @@ class Worker:
 
 
 def run_worker(rank: int, world: int, addr: str = "127.0.0.1", port: int | None = 29500,
-               timeout_s: float = 3600.0, *, store_file: str | None = None, parent: int | None = None,
+               timeout_s: float = 3600.0, *, parent: int | None = None,
                connect_timeout_s: float = CONNECT_TIMEOUT_S, bind: str | None = None,
                members=None, peers=None, pair_dir: str | None = None) -> None:
-    """Entry point of a device process: spawned by the driver on this machine (``store_file``,
-    ``parent``: rendezvous through a file, sockets on loopback, exit when the parent does), or
-    started with ``e2llm-lite worker`` for a multi-host run (``addr:port``: the driver's TCPStore;
-    ``bind``: this machine's address for the group's sockets, default: what the host name
-    resolves to). ``timeout_s`` bounds every message wait; ``connect_timeout_s`` the rendezvous.
-    ``members`` / ``peers`` / ``pair_dir``: see :class:`Worker` (a device that joins later)."""
+    """Entry point of a device process: spawned by the driver on this machine (``pair_dir``,
+    ``parent``: its pairs meet through files of that folder, sockets on loopback, exit when the
+    parent does), or started with ``e2llm-lite worker`` for a multi-host run (``addr:port``: the
+    driver's TCPStore; ``bind``: this machine's address for the pairs' sockets, default: what
+    the host name resolves to). ``timeout_s`` bounds every message wait; ``connect_timeout_s``
+    the rendezvous. ``members`` / ``peers``: see :class:`Worker` (a device that joins later)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # set already (a worker forked by the zygote): only once per process
         pass
-    group = (dict(store_file=store_file, bind="127.0.0.1") if store_file
-             else dict(bind="127.0.0.1") if pair_dir else dict(addr=addr, port=port, bind=bind))
+    group = dict(bind="127.0.0.1") if pair_dir else dict(addr=addr, port=port, bind=bind)
     try:
         worker = Worker(rank, world, timeout_s, parent=parent, connect_timeout_s=connect_timeout_s,
                         members=members, peers=peers, pair_dir=pair_dir, **group)
     except Exception as e:  # no driver within the connect timeout, an unreachable address, ...
-        where = (f"the store file {store_file}" if store_file else f"the folder {pair_dir}"
-                 if pair_dir else f"{addr}:{port}")
+        where = f"the folder {pair_dir}" if pair_dir else f"{addr}:{port}"
         print(f"e2llm-lite worker {rank}: could not join the driver at {where} within "
               f"{connect_timeout_s:g} s ({type(e).__name__}: {str(e).splitlines()[0][:120]})",
               file=sys.stderr)
@@ -561,21 +569,20 @@ def main(argv=None) -> None:
     p.add_argument("--world", type=int, required=True)
     p.add_argument("--addr", default="127.0.0.1")
     p.add_argument("--port", type=int)
-    p.add_argument("--store-file", help="rendezvous through this file (workers the driver spawned)")
     p.add_argument("--parent", type=int, help="the driver's pid: exit when it is gone")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
     p.add_argument("--local", action="store_true", help="spawned by the driver: die with it")
-    p.add_argument("--members", help="the ranks of the group formed at the start (default: all)")
+    p.add_argument("--members", help="the ranks up at the start, to pair up with (default: all)")
     p.add_argument("--peers", help="join a running cluster: pair up with these ranks (driver first)")
-    p.add_argument("--pair-dir", help="the folder of the pairs' store files (spawned joiners)")
+    p.add_argument("--pair-dir", help="the folder of the pairs' store files (spawned workers)")
     p.add_argument("--join", action="store_true", help="join a running cluster when the driver lets "
                    "this device in (multi-host: through the driver's store at --addr:--port)")
     a = p.parse_args(argv)
     ranks = (lambda t: None if t is None else [int(x) for x in t.split(",")])
     if a.join and a.peers is None:
         a.peers = "ask"
-    run_worker(a.rank, a.world, a.addr, a.port, a.timeout, store_file=a.store_file, parent=a.parent,
+    run_worker(a.rank, a.world, a.addr, a.port, a.timeout, parent=a.parent,
                connect_timeout_s=a.connect_timeout, members=ranks(a.members),
                peers=a.peers if a.peers == "ask" else ranks(a.peers),
                pair_dir=a.pair_dir)
