@@ -4,15 +4,21 @@ All speeds 1.0, zero-latency loopback links, dilation 1 (no throttling at all), 
 everywhere. Prints, from one run (the machine is noisy, so ratios are taken within the run):
 per-token decode time of the pipeline and of the same model in one process, their ratio
 (goal <= 1.15x), and the transport overhead per hop (driver -> 3 workers -> driver = 4 hops).
-The rounds alternate one process / pipeline; the ratio is the median of each round's own ratio
-(a pair run seconds apart), with the spread of the rounds beside it: this host's speed drifts by
-~10 % within minutes, more than the overhead being measured.
+
+The two generations run in lockstep: each decode step of the one process is paired with the same
+step of the pipeline, run right after or right before it (the order alternates), so both see
+the host at the same speed. This host's speed drifts by ~10 % within minutes (see
+``benchmarks/host_drift.py``), more than the overhead being measured: rounds that ran one whole
+generation after the other (until 2026-12-04) spread their ratios over 1.03-1.41x. A round's ratio
+is the sum of its pipeline steps over the sum of its one-process steps; the run's is their median,
+with the rounds' range beside it.
 
     .venv/bin/python benchmarks/runtime_overhead.py [--tokens 40] [--rounds 5]
 """
 
 import argparse
 import statistics
+import time
 
 import torch
 
@@ -25,6 +31,33 @@ from e2llm_lite.stage import load_stages
 PROMPT = "Write a haiku about distributed computing."
 
 
+def lockstep(local, pipeline, ids, tokens: int) -> tuple[list[float], list[float]]:
+    """Greedy generation of ``tokens`` tokens by ``local`` (logits) and ``pipeline`` (a token id)
+    side by side, step by step, the order alternating; returns each one's decode step times (ms).
+    The two must give the same tokens (the pipeline's guarantee)."""
+    def timed(fn, *a):
+        t0 = time.perf_counter()
+        out = fn(*a)
+        return out, (time.perf_counter() - t0) * 1e3
+
+    def token(out):
+        return out if isinstance(out, int) else int(torch.as_tensor(out).reshape(-1, out.shape[-1])[-1].argmax())
+
+    a, b = token(local(ids)), pipeline(ids, "prefill")
+    one, two = [], []
+    for step in range(tokens - 1):
+        if a != b:
+            raise AssertionError(f"step {step}: the pipeline gave token {b}, one process {a}")
+        if step % 2:
+            (b, tb), (out_a, ta) = timed(pipeline, [b], "decode"), timed(local, [a])
+        else:
+            (out_a, ta), (b, tb) = timed(local, [a]), timed(pipeline, [b], "decode")
+        a = token(out_a)
+        one.append(ta)
+        two.append(tb)
+    return one, two
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=40)
@@ -35,32 +68,33 @@ def main() -> None:
     tok = load_tokenizer(folder)
     ids = chat_ids(tok, PROMPT)
     local = load_stages([(0, 30)], folder)
-    single, piped, hops, cpu, wall = [], [], [], [], []
+    single, piped, ratios, hops, cpu, wall = [], [], [], [], [], []
     with EmulatedCluster(default_cluster(3), dilation=1.0) as rt:
         pipe = rt.pipeline([("host-0", 0, 10), ("host-1", 10, 20), ("host-2", 20, 30)])
         pipe.generate(ids, 4)                                      # warm-up both paths
         greedy_decode(stages_forward(local), ids, 4)
         local[0].free()
-        for _ in range(args.rounds):                               # interleaved rounds
-            g = greedy_decode(stages_forward(local), ids, args.tokens)  # no stop: fixed length
-            local[0].free()
-            single.append(statistics.median(g.decode_ms))
+        for _ in range(args.rounds):
             rt.free(reset_stats=True)
-            g = pipe.generate(ids, args.tokens)
-            piped.append(statistics.median(g.decode_ms))
+            one, two = lockstep(stages_forward(local), lambda t, ph: pipe.forward(t, 0, ph, logits=False),
+                                ids, args.tokens)
+            local[0].free()
+            single.append(statistics.median(one))
+            piped.append(statistics.median(two))
+            ratios.append(sum(two) / sum(one))
             steps = [r for r in rt.timeline() if r["phase"] == "decode"]
-            n = len(g.tokens) - 1
-            wall.append(sum((r["end_ms"] - r["start_ms"]) for r in steps) / n)
-            cpu.append(sum(r["cpu_ms"] for r in steps) / n)
-            hops.append((piped[-1] - wall[-1]) / 4)
+            wall.append(sum((r["end_ms"] - r["start_ms"]) for r in steps) / len(two))
+            cpu.append(sum(r["cpu_ms"] for r in steps) / len(two))
+            hops.append((sum(two) / len(two) - wall[-1]) / 4)
+            rt.free(0)
     s, p, h = statistics.median(single), statistics.median(piped), statistics.median(hops)
-    ratios = sorted(b / a for a, b in zip(single, piped))
+    ratios.sort()
     print(f"decode, one process (1 thread)      : {s:6.1f} ms/token (median of {args.rounds} rounds)")
     print(f"decode, 3 worker processes (gloo)   : {p:6.1f} ms/token")
     print(f"  of which stage compute (wall / CPU): {statistics.median(wall):6.1f} / "
           f"{statistics.median(cpu):.1f} ms/token")
     print(f"ratio pipeline / one process        : {statistics.median(ratios):6.3f}x   (goal <= 1.15x; "
-          f"median of the rounds' ratios, range {ratios[0]:.3f}-{ratios[-1]:.3f})")
+          f"steps paired in lockstep; median of {args.rounds} rounds, range {ratios[0]:.3f}-{ratios[-1]:.3f})")
     print(f"transport overhead per hop          : {h:6.2f} ms   (4 hops per token)")
 
 
