@@ -48,7 +48,7 @@ from .limits import CONNECT_TIMEOUT_S, INTERRUPTED, MAX_DILATION
 from .ops import Completion, Operations
 from .pipeline import Pipeline, StagePlacement
 from .protocol import (STATS_COLS, TRACE_COLS, ErrorKind, Mesh, Op, Outbox, Postbox, Receiver,
-                       make_group, open_store, pair_meeting, text_payload)
+                       make_group, open_store, pair_meeting, side_by_side, text_payload)
 from .throttle import auto_dilation, outlying
 from .zygote import start_worker
 
@@ -191,27 +191,15 @@ class EmulatedCluster:
         bind = "127.0.0.1" if self.spawn else os.environ.get("E2LLM_BIND_ADDR") or None
 
         def make():
-            made: dict[int, object] = {}
-            errors: dict[int, BaseException] = {}
-
-            def one(r):
-                try:
-                    made[r] = make_group(0, 2, max(self.timeout_s, 30.0), bind=bind,
-                                         connect_timeout_s=self.connect_timeout_s,
-                                         **pair_meeting(0, r, pair_dir, self.store))[1]
-                except Exception as e:  # noqa: BLE001 - named below
-                    errors[r] = e
-
-            threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in ranks]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(self.connect_timeout_s + 5.0)
-            missing = [r for r in ranks if r not in made]
-            if missing:
-                why = errors.get(missing[0])
-                raise ConnectionError(f"rank(s) {', '.join(map(str, missing))} did not pair up"
-                                      + (f" ({why})" if why else ""))
+            made, failed = side_by_side(
+                {r: lambda r=r: make_group(0, 2, max(self.timeout_s, 30.0), bind=bind,
+                                           connect_timeout_s=self.connect_timeout_s,
+                                           **pair_meeting(0, r, pair_dir, self.store))[1]
+                 for r in ranks}, self.connect_timeout_s + 5.0)
+            if failed:
+                first = min(failed)
+                raise ConnectionError(f"rank(s) {', '.join(map(str, sorted(failed)))} did not pair "
+                                      f"up ({failed[first]})")
             return made
 
         made = self._in_time(make, failure, ranks=ranks)

@@ -172,6 +172,30 @@ def start_pairs(me: int, members) -> list[tuple[int, int]]:
     return [(min(me, r), max(me, r)) for r in members if r != me]
 
 
+def side_by_side(jobs: dict, wait_s: float) -> tuple[dict, dict]:
+    """Run each of ``jobs`` (key -> a function of no arguments, e.g. forming one pair) on a
+    thread of its own, all at once, waiting up to ``wait_s`` for each; returns (results by key,
+    a one-line reason by key for each job that raised or did not end in time)."""
+    made: dict = {}
+    failed: dict = {}
+
+    def run(key, job):
+        try:
+            made[key] = job()
+        except Exception as e:  # noqa: BLE001 - handed back as a reason
+            failed[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+
+    threads = {k: threading.Thread(target=run, args=(k, job), daemon=True) for k, job in jobs.items()}
+    for t in threads.values():
+        t.start()
+    for t in threads.values():
+        t.join(wait_s)
+    for k, t in threads.items():
+        if t.is_alive():
+            failed[k] = f"no answer within {wait_s:g} s"
+    return made, failed
+
+
 def open_store(addr: str, port: int, members, connect_timeout_s: float = CONNECT_TIMEOUT_S):
     """The driver of a multi-host run hosts the rendezvous TCPStore at ``addr:port`` and publishes
     the global ranks up at the start (key ``e2llm/members``) for the workers started by hand

@@ -41,7 +41,7 @@ from ..stage import Stage  # noqa: E402
 from .limits import CONNECT_TIMEOUT_S  # noqa: E402
 from .protocol import (TRACE_COLS, BadMessage, ErrorKind, Mesh, Message, Op,  # noqa: E402
                        Outbox, Postbox, Receiver, as_payload, group_members, make_group,
-                       message_bytes, pair_meeting, start_pairs, text_payload)
+                       message_bytes, pair_meeting, side_by_side, start_pairs, text_payload)
 from .throttle import HostFactor, Throttle  # noqa: E402
 
 PHASES = ("prefill", "decode")
@@ -141,22 +141,13 @@ class Worker:
         connect timeout. A pair with the driver is fatal once broken (the driver is gone), one
         with a device only dropped. ``required``: a pair that does not form raises
         ConnectionError naming its peer; else it is left out (that device died meanwhile)."""
-        failed: dict[int, str] = {}
-
         def pair(first, second):
             peer = first if second == self.rank else second
-            try:
-                self._add_group(self._pair(first, second, pair_dir), [first, second], fatal=peer == 0)
-            except Exception as e:  # noqa: BLE001 - that device is unreachable
-                failed[peer] = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+            return lambda: self._add_group(self._pair(first, second, pair_dir), [first, second],
+                                           fatal=peer == 0)
 
-        threads = [threading.Thread(target=pair, args=p, daemon=True) for p in pairs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(self.connect_timeout_s + 5.0)
-        failed.update({p[0] if p[1] == self.rank else p[1]: "no answer" for p, t in zip(pairs, threads)
-                       if t.is_alive()})
+        _, failed = side_by_side({(f if s == self.rank else s): pair(f, s) for f, s in pairs},
+                                 self.connect_timeout_s + 5.0)
         for peer, why in sorted(failed.items()):
             if required:
                 raise ConnectionError(f"no pair with rank {peer} ({why})")
