@@ -11,10 +11,10 @@ import os
 import queue
 import subprocess
 import sys
-import threading
 import time
 
-from e2llm_lite.runtime.protocol import Postbox, Receiver, make_group, pair_meeting, start_pairs
+from e2llm_lite.runtime.protocol import (Postbox, Receiver, make_group, pair_meeting, side_by_side,
+                                         start_pairs)
 
 # a process that pairs up with rank 0 and then either dies between a header and its payload
 # ("half") or sends five small messages, one every 0.3 s ("talk")
@@ -64,16 +64,10 @@ def test_a_peer_that_dies_mid_message_breaks_only_its_own_pair(tmp_path):
              for r, mode in ((1, "talk"), (2, "half"))}
     groups, box, broke = {}, Postbox(), {}
     try:
-
-        def pair(r):
-            groups[r] = make_group(0, 2, 30.0, connect_timeout_s=60, **pair_meeting(0, r, str(tmp_path)))[1]
-
-        threads = [threading.Thread(target=pair, args=(r,)) for r in procs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=90)
-        assert set(groups) == {1, 2}
+        groups, failed = side_by_side(
+            {r: lambda r=r: make_group(0, 2, 30.0, connect_timeout_s=60,
+                                       **pair_meeting(0, r, str(tmp_path)))[1] for r in procs}, 90)
+        assert set(groups) == {1, 2} and not failed, failed
         for r, pg in groups.items():
             Receiver(pg, box, world=3, members=[0, r], report=False,
                      on_error=lambda e, r=r: broke.setdefault(r, e))
@@ -95,3 +89,16 @@ def test_a_peer_that_dies_mid_message_breaks_only_its_own_pair(tmp_path):
         for p in procs.values():
             p.kill()
             p.wait(timeout=10)
+
+
+def test_side_by_side_runs_jobs_at_once_and_names_each_that_failed():
+    def boom():
+        raise ConnectionError("refused\nsecond line")
+
+    t0 = time.monotonic()
+    made, failed = side_by_side({1: lambda: time.sleep(0.3) or "a", 2: lambda: time.sleep(0.3) or "b",
+                                 3: boom, **{k: lambda: time.sleep(5) for k in (4, 5, 6)}}, wait_s=1.0)
+    assert made == {1: "a", 2: "b"}
+    assert failed[3] == "ConnectionError: refused"           # one line
+    assert failed[4] == failed[5] == failed[6] == "no answer within 1 s"
+    assert time.monotonic() - t0 < 2.5       # at once, and 1 s in all (one after the other: 3 s)

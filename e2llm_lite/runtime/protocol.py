@@ -174,7 +174,7 @@ def start_pairs(me: int, members) -> list[tuple[int, int]]:
 
 def side_by_side(jobs: dict, wait_s: float) -> tuple[dict, dict]:
     """Run each of ``jobs`` (key -> a function of no arguments, e.g. forming one pair) on a
-    thread of its own, all at once, waiting up to ``wait_s`` for each; returns (results by key,
+    thread of its own, all at once, waiting up to ``wait_s`` in all; returns (results by key,
     a one-line reason by key for each job that raised or did not end in time)."""
     made: dict = {}
     failed: dict = {}
@@ -188,8 +188,9 @@ def side_by_side(jobs: dict, wait_s: float) -> tuple[dict, dict]:
     threads = {k: threading.Thread(target=run, args=(k, job), daemon=True) for k, job in jobs.items()}
     for t in threads.values():
         t.start()
+    deadline = time.monotonic() + wait_s
     for t in threads.values():
-        t.join(wait_s)
+        t.join(max(0.0, deadline - time.monotonic()))
     for k, t in threads.items():
         if t.is_alive():
             failed[k] = f"no answer within {wait_s:g} s"
