@@ -23,7 +23,7 @@ import time
 import torch
 
 from e2llm_lite.devices import default_cluster
-from e2llm_lite.generation import greedy_decode, stages_forward
+from e2llm_lite.generation import greedy_decode, next_token, stages_forward
 from e2llm_lite.model import chat_ids, checkpoint_dir, load_tokenizer
 from e2llm_lite.runtime.driver import EmulatedCluster
 from e2llm_lite.stage import load_stages
@@ -40,10 +40,7 @@ def lockstep(local, pipeline, ids, tokens: int) -> tuple[list[float], list[float
         out = fn(*a)
         return out, (time.perf_counter() - t0) * 1e3
 
-    def token(out):
-        return out if isinstance(out, int) else int(torch.as_tensor(out).reshape(-1, out.shape[-1])[-1].argmax())
-
-    a, b = token(local(ids)), pipeline(ids, "prefill")
+    a, b = next_token(local(ids)), pipeline(ids, "prefill")
     one, two = [], []
     for step in range(tokens - 1):
         if a != b:
@@ -52,7 +49,7 @@ def lockstep(local, pipeline, ids, tokens: int) -> tuple[list[float], list[float
             (b, tb), (out_a, ta) = timed(pipeline, [b], "decode"), timed(local, [a])
         else:
             (out_a, ta), (b, tb) = timed(local, [a]), timed(pipeline, [b], "decode")
-        a = token(out_a)
+        a = next_token(out_a)
         one.append(ta)
         two.append(tb)
     return one, two
@@ -86,7 +83,6 @@ def main() -> None:
             wall.append(sum((r["end_ms"] - r["start_ms"]) for r in steps) / len(two))
             cpu.append(sum(r["cpu_ms"] for r in steps) / len(two))
             hops.append((sum(two) / len(two) - wall[-1]) / 4)
-            rt.free(0)
     s, p, h = statistics.median(single), statistics.median(piped), statistics.median(hops)
     ratios.sort()
     print(f"decode, one process (1 thread)      : {s:6.1f} ms/token (median of {args.rounds} rounds)")

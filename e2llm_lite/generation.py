@@ -52,6 +52,14 @@ def check_lengths(n_prompt: int, max_new_tokens: int, context: int = 8192) -> No
                          f"the model's context of {context} tokens")
 
 
+def next_token(logits) -> int:
+    """The greedy next token of a forward's output: the argmax of the last row of ``logits``, or
+    the token itself when the forward already took it (an ``int``, a pipeline's last device)."""
+    if isinstance(logits, int):
+        return logits
+    return int(torch.as_tensor(logits).reshape(-1, logits.shape[-1])[-1].argmax())
+
+
 def greedy_decode(forward: ForwardFn, prompt_ids: Sequence[int], max_new_tokens: int,
                   stop_ids: Sequence[int] = (), context: int = 8192) -> Generation:
     """Prefill ``prompt_ids`` with one ``forward`` call, then feed back the argmax token by token.
@@ -69,8 +77,7 @@ def greedy_decode(forward: ForwardFn, prompt_ids: Sequence[int], max_new_tokens:
     gen = Generation(prompt_tokens=prompt_ids, tokens=[],
                      prefill_ms=(time.perf_counter() - t0) * 1e3)
     while True:
-        token = (logits if isinstance(logits, int)
-                 else int(torch.as_tensor(logits).reshape(-1, logits.shape[-1])[-1].argmax()))
+        token = next_token(logits)
         gen.tokens.append(token)
         if token in stop:
             gen.stop_reason = "eos"

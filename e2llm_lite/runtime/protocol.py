@@ -494,7 +494,6 @@ class Receiver:
         self.on_error, self.world, self.report = on_error, world, report
         self.local = None if members is None else {int(r): i for i, r in enumerate(members)}
         self.error: BaseException | None = None
-        self.stops = 1   # STOP messages that end the thread: the driver expects one per live worker
         self.thread = threading.Thread(target=self._run, name="e2llm-receiver", daemon=True)
         self.thread.start()
 
@@ -504,10 +503,8 @@ class Receiver:
             while True:
                 msg = recv(self.pg, self.world, buffer, self.local)
                 self.postbox.put(msg, self.local_time(msg.t) if msg.t else 0.0)
-                if msg.op == Op.STOP:
-                    self.stops -= 1
-                    if self.stops <= 0:
-                        return
+                if msg.op == Op.STOP:   # a pair's last message (the peer's echo of it)
+                    return
         except BaseException as e:  # connection closed, process group shut down, bad header
             self.error = e
             item = self.on_error(e)
