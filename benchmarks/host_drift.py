@@ -8,7 +8,13 @@ CPU time, in this process: no workers, no sleeping, no other device) for ``--rou
 ``--steps`` steps each, for each batch size, and prints each round's median and their spread:
 
 * ``spread`` = slowest round's median / fastest round's median - 1, per batch size;
-* ``cv`` = standard deviation / mean of the round medians.
+* ``cv`` = standard deviation / mean of the round medians;
+* ``next_round`` = the median and the largest ``|next round's median / this round's - 1|``
+  per batch size: how far off a factor calibrated one round (~8 s) before would be;
+* ``ratio_spread`` = the same spread for each batch size's median over the first batch size's
+  median *of the same round* (seconds apart): what is left of the drift when a step is compared
+  with a reference re-measured right beside it, as a calibration repeated before every
+  measurement would.
 
 A spread of s between rounds means a factor calibrated in one round can be off by up to s in
 another, whatever the runtime does: a cost-model error goal tighter than that cannot be met
@@ -54,13 +60,24 @@ def main() -> None:
             f"B={b} {rounds[b][-1]:.1f} ms" for b in batches), file=out)
     spread = {str(b): max(v) / min(v) - 1 for b, v in rounds.items()}
     cv = {str(b): statistics.stdev(v) / statistics.mean(v) for b, v in rounds.items()}
+    nxt = {str(b): sorted(abs(y / x - 1) for x, y in zip(v, v[1:])) for b, v in rounds.items()}
+    next_round = {b: {"median": statistics.median(v), "max": v[-1]} for b, v in nxt.items()}
+    ref = batches[0]
+    ratios = {str(b): [x / r for x, r in zip(rounds[b], rounds[ref])] for b in batches[1:]}
+    ratio_spread = {b: max(v) / min(v) - 1 for b, v in ratios.items()}
     for b in batches:
         print(f"B={b:2d}: round medians {min(rounds[b]):.1f}-{max(rounds[b]):.1f} ms, spread "
-              f"{spread[str(b)]:+.1%}, cv {cv[str(b)]:.1%}", file=out)
+              f"{spread[str(b)]:+.1%}, cv {cv[str(b)]:.1%}; next round off by "
+              f"{next_round[str(b)]['median']:.1%} median, {next_round[str(b)]['max']:.1%} at most",
+              file=out)
+    for b, v in ratios.items():
+        print(f"B={b:>2} over B={ref} of the same round: {min(v):.2f}-{max(v):.2f}x, spread "
+              f"{ratio_spread[b]:+.1%}", file=out)
     print(f"{args.rounds} rounds in {time.monotonic() - t0:.0f} s", file=out)
     if args.json:
         print(json.dumps({"round_ms": {str(b): v for b, v in rounds.items()}, "spread": spread,
-                          "cv": cv, "steps": args.steps}, indent=1))
+                          "cv": cv, "ratio_spread": ratio_spread,
+                          "next_round": next_round, "steps": args.steps}, indent=1))
 
 
 if __name__ == "__main__":
